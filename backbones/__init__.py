@@ -1,0 +1,34 @@
+"""ResNet / ResNeXt / Res2Net backbones for detection and segmentation.
+
+``create_backbone(name, out_features=..., weights=..., **options)`` builds a trunk that returns
+``{tap: feature_map}`` with known channels and strides (``feature_info``); ``list_backbones()``
+names the variants; ``load_weights`` loads torchvision, timm, official Res2Net, detectron2 and
+MMDetection checkpoints.
+"""
+
+from .blocks import BasicBlock, Bottle2neck, Bottleneck
+from .converters import FORMATS as WEIGHT_FORMATS
+from .trunk import TAPS, FeatureInfo, ResNet
+from .variants import OPTIONS, VARIANTS, UnknownBackboneError, create_backbone, get_variant, list_backbones
+from .weights import LoadReport, WeightsFileError, WeightsMismatchError, adapt_input_conv, load_weights
+
+__all__ = [
+    "BasicBlock",
+    "Bottle2neck",
+    "Bottleneck",
+    "FeatureInfo",
+    "LoadReport",
+    "OPTIONS",
+    "ResNet",
+    "TAPS",
+    "UnknownBackboneError",
+    "VARIANTS",
+    "WEIGHT_FORMATS",
+    "WeightsFileError",
+    "WeightsMismatchError",
+    "adapt_input_conv",
+    "create_backbone",
+    "get_variant",
+    "list_backbones",
+    "load_weights",
+]

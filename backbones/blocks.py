@@ -1,0 +1,247 @@
+"""Residual blocks of the ResNet family: ``BasicBlock``, ``Bottleneck`` (ResNet/ResNeXt/Wide) and
+``Bottle2neck`` (Res2Net), plus the projection shortcut they share.
+
+Attribute names (``conv1``, ``bn1``, ..., ``convs``, ``bns``, ``downsample``) are those of torchvision
+and timm, so their checkpoints load key for key.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import StochasticDepth
+
+from .dcn import DeformConv3x3
+
+NormFactory = Callable[[int], nn.Module]
+
+
+def conv3x3(
+    in_channels: int,
+    out_channels: int,
+    *,
+    stride: int = 1,
+    dilation: int = 1,
+    groups: int = 1,
+    deformable: bool = False,
+) -> nn.Module:
+    """3x3 convolution without bias whose padding keeps the size (divided by ``stride``)."""
+    if deformable:
+        return DeformConv3x3(in_channels, out_channels, stride=stride, dilation=dilation, groups=groups)
+    return nn.Conv2d(
+        in_channels,
+        out_channels,
+        kernel_size=3,
+        stride=stride,
+        padding=dilation,
+        dilation=dilation,
+        groups=groups,
+        bias=False,
+    )
+
+
+def conv1x1(in_channels: int, out_channels: int, *, stride: int = 1) -> nn.Conv2d:
+    """1x1 convolution without bias."""
+    return nn.Conv2d(in_channels, out_channels, kernel_size=1, stride=stride, bias=False)
+
+
+class AvgPool2x2Same(nn.Module):
+    """2x2 average pool at stride 1 with one zero row/column padded bottom/right.
+
+    This is what timm's ``-d`` ResNets put in the average-pool shortcut of a dilated stage, where
+    the stride-2 pool would otherwise be; reproducing it keeps those models exact at output stride
+    16 and 8.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(F.pad(x, (0, 1, 0, 1)), kernel_size=2, stride=1)
+
+
+def make_shortcut(
+    in_channels: int,
+    out_channels: int,
+    *,
+    stride: int,
+    dilation: int,
+    avg_down: bool,
+    norm: NormFactory,
+) -> nn.Sequential:
+    """Projection shortcut: strided 1x1 conv + norm, or (``avg_down``, the "-D" tweak of He et al.,
+    2019) average pool, then 1x1 conv + norm."""
+    if not avg_down:
+        return nn.Sequential(conv1x1(in_channels, out_channels, stride=stride), norm(out_channels))
+    if stride == 1 and dilation == 1:
+        pool: nn.Module = nn.Identity()
+    elif dilation > 1:
+        pool = AvgPool2x2Same()
+    else:
+        pool = nn.AvgPool2d(2, stride, ceil_mode=True, count_include_pad=False)
+    return nn.Sequential(pool, conv1x1(in_channels, out_channels), norm(out_channels))
+
+
+class ResidualBlock(nn.Module):
+    """Shared tail of every block: ``relu(drop_path(residual(x)) + shortcut(x))``.
+
+    Subclasses build ``residual`` and name the norm layer that ends it (``last_norm``), which
+    ``zero_init_last`` zeroes so that the block starts as the identity (Goyal et al., 2017).
+    """
+
+    expansion: int = 1
+    last_norm_name: str = ""
+
+    def __init__(self, downsample: nn.Module | None, drop_path: float) -> None:
+        super().__init__()
+        self.downsample = downsample
+        self.drop_path = StochasticDepth(drop_path, "row") if drop_path > 0 else nn.Identity()
+        self.relu = nn.ReLU(inplace=True)
+
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x if self.downsample is None else self.downsample(x)
+        out = self.drop_path(self.residual(x))
+        return self.relu(out + shortcut)
+
+    @property
+    def last_norm(self) -> nn.Module:
+        return getattr(self, self.last_norm_name)
+
+    @torch.no_grad()
+    def zero_init_last(self) -> None:
+        """Zero the scale of the last norm layer of the residual branch (any norm kind)."""
+        self.last_norm.weight.zero_()
+
+
+class BasicBlock(ResidualBlock):
+    """Two 3x3 convolutions (ResNet-18/34). The first carries the stride."""
+
+    expansion = 1
+    last_norm_name = "bn2"
+
+    def __init__(
+        self,
+        in_channels: int,
+        planes: int,
+        *,
+        stride: int = 1,
+        dilation: int = 1,
+        first_dilation: int | None = None,
+        downsample: nn.Module | None = None,
+        norm: NormFactory = nn.BatchNorm2d,
+        drop_path: float = 0.0,
+    ) -> None:
+        super().__init__(downsample, drop_path)
+        self.conv1 = conv3x3(in_channels, planes, stride=stride, dilation=first_dilation or dilation)
+        self.bn1 = norm(planes)
+        self.conv2 = conv3x3(planes, planes, dilation=dilation)
+        self.bn2 = norm(planes)
+
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        return self.bn2(self.conv2(out))
+
+
+class Bottleneck(ResidualBlock):
+    """1x1 reduce, 3x3 (grouped for ResNeXt, optionally deformable), 1x1 expand.
+
+    ``style="pytorch"`` puts the stride on the 3x3 (ResNet v1.5, torchvision); ``style="caffe"`` on
+    the first 1x1 (the original paper, MSRA and detectron2 weights).
+    """
+
+    expansion = 4
+    last_norm_name = "bn3"
+
+    def __init__(
+        self,
+        in_channels: int,
+        planes: int,
+        *,
+        stride: int = 1,
+        dilation: int = 1,
+        first_dilation: int | None = None,
+        downsample: nn.Module | None = None,
+        norm: NormFactory = nn.BatchNorm2d,
+        groups: int = 1,
+        base_width: int = 64,
+        style: str = "pytorch",
+        deformable: bool = False,
+        drop_path: float = 0.0,
+    ) -> None:
+        super().__init__(downsample, drop_path)
+        width = int(planes * (base_width / 64.0)) * groups
+        stride_1x1, stride_3x3 = (stride, 1) if style == "caffe" else (1, stride)
+        self.conv1 = conv1x1(in_channels, width, stride=stride_1x1)
+        self.bn1 = norm(width)
+        self.conv2 = conv3x3(
+            width, width, stride=stride_3x3, dilation=first_dilation or dilation, groups=groups, deformable=deformable
+        )
+        self.bn2 = norm(width)
+        self.conv3 = conv1x1(width, planes * self.expansion)
+        self.bn3 = norm(planes * self.expansion)
+
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        return self.bn3(self.conv3(out))
+
+
+class Bottle2neck(ResidualBlock):
+    """Res2Net block (Gao et al., 2019): the 3x3 stage works on ``scale`` channel splits of width
+    ``base_width * planes / 64``; each split after the first adds the previous split's output
+    before its conv (hierarchical residuals). In a stage's first block every split is convolved on
+    its own and the last split is average-pooled instead, as in the official release and timm.
+    """
+
+    expansion = 4
+    last_norm_name = "bn3"
+
+    def __init__(
+        self,
+        in_channels: int,
+        planes: int,
+        *,
+        stride: int = 1,
+        dilation: int = 1,
+        first_dilation: int | None = None,
+        downsample: nn.Module | None = None,
+        norm: NormFactory = nn.BatchNorm2d,
+        groups: int = 1,
+        base_width: int = 26,
+        scale: int = 4,
+        deformable: bool = False,
+        drop_path: float = 0.0,
+    ) -> None:
+        super().__init__(downsample, drop_path)
+        self.scale = scale
+        self.width = int(math.floor(planes * (base_width / 64.0))) * groups
+        self.is_first = stride > 1 or downsample is not None
+        conv_dilation = first_dilation or dilation
+        self.conv1 = conv1x1(in_channels, self.width * scale)
+        self.bn1 = norm(self.width * scale)
+        self.convs = nn.ModuleList(
+            conv3x3(self.width, self.width, stride=stride, dilation=conv_dilation, groups=groups, deformable=deformable)
+            for _ in range(max(1, scale - 1))
+        )
+        self.bns = nn.ModuleList(norm(self.width) for _ in range(max(1, scale - 1)))
+        # count_include_pad=True as in the released weights' training code.
+        self.pool = nn.AvgPool2d(kernel_size=3, stride=stride, padding=1) if self.is_first else None
+        self.conv3 = conv1x1(self.width * scale, planes * self.expansion)
+        self.bn3 = norm(planes * self.expansion)
+
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        splits = torch.split(out, self.width, dim=1)
+        outputs = []
+        carried = splits[0]
+        for i, (conv, bn) in enumerate(zip(self.convs, self.bns)):
+            carried = splits[i] if i == 0 or self.is_first else carried + splits[i]
+            carried = self.relu(bn(conv(carried)))
+            outputs.append(carried)
+        if self.scale > 1:
+            outputs.append(self.pool(splits[-1]) if self.pool is not None else splits[-1])
+        return self.bn3(self.conv3(torch.cat(outputs, dim=1)))
