@@ -10,7 +10,15 @@ from .blocks import BasicBlock, Bottle2neck, Bottleneck
 from .converters import FORMATS as WEIGHT_FORMATS
 from .trunk import TAPS, FeatureInfo, ResNet
 from .variants import OPTIONS, VARIANTS, UnknownBackboneError, create_backbone, get_variant, list_backbones
-from .weights import LoadReport, WeightsFileError, WeightsMismatchError, adapt_input_conv, load_weights
+from .weights import (
+    LoadReport,
+    WeightsFileError,
+    WeightsMismatchError,
+    adapt_input_conv,
+    load_matching,
+    load_weights,
+    read_state_dict,
+)
 
 __all__ = [
     "BasicBlock",
@@ -30,5 +38,7 @@ __all__ = [
     "create_backbone",
     "get_variant",
     "list_backbones",
+    "load_matching",
     "load_weights",
+    "read_state_dict",
 ]

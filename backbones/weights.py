@@ -9,7 +9,7 @@ import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 from urllib.parse import urlparse
 
 import numpy as np
@@ -200,6 +200,48 @@ def _style_note(raw: Any, fmt: str, model: nn.Module) -> str | None:
     return None
 
 
+def load_matching(
+    model: nn.Module,
+    state: Mapping[str, torch.Tensor],
+    *,
+    source: str = "state dict",
+    format: str = "",
+    strict: bool = True,
+    skip: Callable[[str], bool] = lambda key: False,
+    keep_init: Callable[[str], bool] = lambda key: False,
+) -> LoadReport:
+    """Load ``state`` (already in ``model``'s key names) into ``model`` key by key and report.
+
+    ``skip(key)`` marks checkpoint keys that are left out on purpose (listed as ``ignored``);
+    ``keep_init(key)`` marks model keys that may stay at their initialisation (``initialized``).
+    Everything else that does not match is ``missing``, ``unexpected`` or ``mismatched``, and with
+    ``strict`` raises :class:`WeightsMismatchError` before anything is loaded.
+    """
+    model_state = model.state_dict()
+    report = LoadReport(source=source, format=format)
+    to_load: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if key not in model_state:
+            if skip(key) or key.endswith("num_batches_tracked"):
+                report.ignored.append(key)
+            else:
+                report.unexpected.append(key)
+        elif tuple(value.shape) != tuple(model_state[key].shape):
+            report.mismatched.append((key, tuple(value.shape), tuple(model_state[key].shape)))
+        else:
+            to_load[key] = value
+    mismatched = {m[0] for m in report.mismatched}
+    for key in model_state:
+        if key in to_load or key in mismatched or key.endswith("num_batches_tracked"):
+            continue
+        (report.initialized if keep_init(key) else report.missing).append(key)
+    if strict and not report.ok:
+        raise WeightsMismatchError(report)
+    model.load_state_dict(to_load, strict=False)
+    report.loaded = sorted(to_load)
+    return report
+
+
 def load_weights(
     model: nn.Module, source: WeightsSource, *, format: str = "auto", strict: bool = True
 ) -> LoadReport:
@@ -225,42 +267,32 @@ def load_weights(
     fmt = detect_format(state) if format == "auto" else format
     model_state = model.state_dict()
     state, dropped = to_native(state, fmt, set(model_state))
-    report = LoadReport(source=name, format=fmt, ignored=list(dropped))
 
+    notes = []
     first_conv = next((k for k in _FIRST_CONV_KEYS if k in model_state), None)
     if first_conv and first_conv in state:
         want, have = model_state[first_conv].shape[1], state[first_conv].shape[1]
         if want != have and have == 3:
             state[first_conv] = adapt_input_conv(state[first_conv], want)
-            report.notes.append(f"{first_conv} adapted from 3 to {want} input channels")
+            notes.append(f"{first_conv} adapted from 3 to {want} input channels")
 
-    to_load: dict[str, torch.Tensor] = {}
-    for key, value in state.items():
-        if key not in model_state:
-            if _is_deliberately_skipped(key, model) or key.endswith("num_batches_tracked"):
-                report.ignored.append(key)
-            else:
-                report.unexpected.append(key)
-        elif tuple(value.shape) != tuple(model_state[key].shape):
-            report.mismatched.append((key, tuple(value.shape), tuple(model_state[key].shape)))
-        else:
-            to_load[key] = value
+    def keep_init(key: str) -> bool:
+        if ".conv_offset." in key:  # DCN offsets start at zero
+            return True
+        # caffe2 folded the BN statistics into scale and bias: the defaults (0, 1) are right.
+        return fmt == "caffe2" and key.endswith(("running_mean", "running_var"))
 
-    for key in model_state:
-        if key in to_load or any(key == m[0] for m in report.mismatched):
-            continue
-        if key.endswith("num_batches_tracked") or ".conv_offset." in key:
-            report.initialized.append(key)
-        elif fmt == "caffe2" and key.endswith(("running_mean", "running_var")):
-            report.initialized.append(key)  # caffe2 folded the statistics into scale and bias
-        else:
-            report.missing.append(key)
-    report.initialized = [k for k in report.initialized if not k.endswith("num_batches_tracked")]
-
-    if strict and not report.ok:
-        raise WeightsMismatchError(report)
-    model.load_state_dict(to_load, strict=False)
-    report.loaded = sorted(to_load)
+    report = load_matching(
+        model,
+        state,
+        source=name,
+        format=fmt,
+        strict=strict,
+        skip=lambda key: _is_deliberately_skipped(key, model),
+        keep_init=keep_init,
+    )
+    report.ignored = list(dropped) + report.ignored
+    report.notes = notes + report.notes
     note = _style_note(raw, fmt, model)
     if note:
         report.notes.append(note)
