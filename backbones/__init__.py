@@ -8,6 +8,7 @@ MMDetection checkpoints.
 
 from .blocks import BasicBlock, Bottle2neck, Bottleneck
 from .converters import FORMATS as WEIGHT_FORMATS
+from .fpn import FPNBackbone, create_fpn_backbone
 from .trunk import TAPS, FeatureInfo, ResNet
 from .variants import OPTIONS, VARIANTS, UnknownBackboneError, create_backbone, get_variant, list_backbones
 from .weights import (
@@ -24,6 +25,7 @@ __all__ = [
     "BasicBlock",
     "Bottle2neck",
     "Bottleneck",
+    "FPNBackbone",
     "FeatureInfo",
     "LoadReport",
     "OPTIONS",
@@ -36,6 +38,7 @@ __all__ = [
     "WeightsMismatchError",
     "adapt_input_conv",
     "create_backbone",
+    "create_fpn_backbone",
     "get_variant",
     "list_backbones",
     "load_matching",
