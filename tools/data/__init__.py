@@ -34,3 +34,14 @@ __all__ = [
     "IGNORE_INDEX", "IMAGENET_MEAN", "IMAGENET_STD", "DetectionTransform",
     "SegmentationTransform", "build_detection_transforms", "build_segmentation_transforms",
 ]
+
+from tools.data.draw import (  # noqa: E402
+    coco_to_drawable,
+    draw_gt_and_predictions,
+    draw_instances,
+    save_png,
+    to_uint8_image,
+)
+
+__all__ += ["coco_to_drawable", "draw_gt_and_predictions", "draw_instances", "save_png",
+            "to_uint8_image"]

@@ -50,7 +50,8 @@ class DetectionTransform:
     """Box- and mask-aware albumentations pipeline producing torchvision detection tensors."""
 
     def __init__(self, transforms: Sequence[A.BasicTransform], min_box_size: float = 1.0) -> None:
-        self.pipeline = A.Compose(
+        self.min_box_size = min_box_size
+        self.pipeline = None if not transforms else A.Compose(
             list(transforms),
             bbox_params=A.BboxParams(
                 format="pascal_voc",
@@ -81,7 +82,7 @@ class DetectionTransform:
         has_masks = masks is not None and len(masks) > 0
         if has_masks:
             inputs["masks"] = np.stack([np.asarray(m, dtype=np.uint8) for m in masks])
-        out = self.pipeline(**inputs)
+        out = self.pipeline(**inputs) if self.pipeline is not None else self._identity(inputs)
         img = out["image"]
         h, w = img.shape[:2]
         keep = np.asarray(out["indices"], dtype=np.int64).reshape(-1)
@@ -96,6 +97,19 @@ class DetectionTransform:
             else:
                 target["masks"] = torch.zeros((0, h, w), dtype=torch.uint8)
         return _image_to_tensor(img), target
+
+
+    def _identity(self, inputs: dict) -> dict:
+        """No-op pipeline: only clip boxes to the image and drop degenerate ones."""
+        h, w = inputs["image"].shape[:2]
+        boxes = inputs["bboxes"].copy()
+        boxes[:, 0::2] = boxes[:, 0::2].clip(0, w)
+        boxes[:, 1::2] = boxes[:, 1::2].clip(0, h)
+        ok = ((boxes[:, 2] - boxes[:, 0]) >= self.min_box_size) & (
+            (boxes[:, 3] - boxes[:, 1]) >= self.min_box_size)
+        out = {k: v[ok] if k != "image" and k != "masks" else v for k, v in inputs.items()}
+        out["bboxes"] = boxes[ok]
+        return out
 
 
 def build_detection_transforms(

@@ -1,0 +1,106 @@
+"""Evaluate a COCO results JSON against a ground-truth JSON (bbox or segm AP, per-class AP).
+
+    python tools/eval_coco.py --gt instances_val2017.json --results results.json \
+        [--iou-type bbox|segm] [--backend pycocotools|faster_coco_eval] [--out metrics.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from tools.data import CategoryMap, CocoFormatError, read_json
+from tools.evaluation import BACKENDS, STAT_NAMES, CocoEvaluator, format_table
+
+
+def _clean(value: Any) -> Any:
+    """NaN -> None so the metrics file is strict JSON."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
+    return value
+
+
+def _versions(backend: str) -> dict[str, str]:
+    names = ["pycocotools", "numpy", "torch"] + (["faster-coco-eval"] if backend != "pycocotools" else [])
+    out = {"python": sys.version.split()[0]}
+    for name in names:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def evaluate_results_file(gt: str, results: str, iou_type: str = "bbox",
+                          backend: str = "pycocotools", strict: bool = True) -> dict[str, Any]:
+    """Evaluate ``results`` against ``gt``; returns the metrics dict written by the CLI."""
+    evaluator = CocoEvaluator(gt, [iou_type], backend=backend, strict=strict)
+    res = read_json(results)
+    if not isinstance(res, list):
+        raise CocoFormatError(f"{results}: a COCO results file must be a JSON list")
+    evaluator.add_results(res, iou_type)
+    result = evaluator.evaluate()[iou_type]
+    categories = CategoryMap.from_coco_categories(evaluator.gt["categories"])
+    return {
+        "iou_type": iou_type,
+        "backend": backend,
+        "gt": str(gt),
+        "results": str(results),
+        "num_results": len(res),
+        "stats": result.stats,
+        "stat_names": list(STAT_NAMES),
+        "metrics": result.as_dict(),
+        "per_class": result.per_category,
+        "categories": categories.to_dict(),
+        "problems": {"dropped": result.report.dropped, "description": result.report.describe()},
+        "versions": _versions(backend),
+        "table": format_table(result),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--gt", required=True, help="COCO ground-truth annotation JSON")
+    parser.add_argument("--results", help="COCO results JSON (list of detections)")
+    parser.add_argument("--iou-type", default="bbox", choices=["bbox", "segm"])
+    parser.add_argument("--backend", default="pycocotools", choices=list(BACKENDS))
+    parser.add_argument("--out", help="write the metrics JSON here")
+    parser.add_argument("--lenient", action="store_true",
+                        help="drop (and report) results with unknown image/category ids instead of failing")
+    parser.add_argument("--checkpoint", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.checkpoint:
+        parser.error("--checkpoint evaluation needs the training tool's config system; run the model "
+                     "with the training tool to write a results JSON, then pass it with --results")
+    if not args.results:
+        parser.error("--results is required")
+    try:
+        metrics = evaluate_results_file(args.gt, args.results, args.iou_type, args.backend,
+                                        strict=not args.lenient)
+    except (FileNotFoundError, CocoFormatError, ValueError, ImportError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(metrics["table"])
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(out.suffix + ".tmp")
+        tmp.write_text(json.dumps(_clean(metrics), indent=2), encoding="utf-8")
+        os.replace(tmp, out)
+        print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
