@@ -64,7 +64,7 @@ def test_remap_is_identity_on_own_keys_and_v3plus_reuses_trunk_and_aspp(torchvis
     assert list(v3.remap_torchvision_keys(own)) == list(own)
 
     plus = build_segmenter("deeplabv3plus", backbone="resnet50", num_classes=21, output_stride=8, aux=True)
-    report = load_matching(plus, plus.remap_torchvision_keys(torchvision_deeplab.state_dict()), strict=False)
+    report = heads.load_torchvision_weights(plus, torchvision_deeplab.state_dict(), strict=False)
     assert not report.mismatched
     assert sorted(report.unexpected) == ["classifier.1.weight", "classifier.2.bias", "classifier.2.running_mean",
                                          "classifier.2.running_var", "classifier.2.weight", "classifier.4.bias",
