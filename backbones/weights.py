@@ -180,7 +180,7 @@ def adapt_input_conv(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
 
 def _is_deliberately_skipped(key: str, model: nn.Module) -> bool:
     """Classifier weights and stages the model does not build (it stops at its deepest tap)."""
-    if re.match(r"(fc|head\.fc|classifier|linear)\.", key):
+    if re.match(r"(fc|head\.fc|classifier|linear)\.|(pred|fc1000)_[wb]$", key):
         return True
     m = re.match(r"layer(\d)\.", key)
     built = len(getattr(model, "stage_names", ("layer1", "layer2", "layer3", "layer4")))
