@@ -1,0 +1,15 @@
+"""Training engine shared by the detection and segmentation tools (loop, optimisers, schedules,
+checkpoints, metrics, DDP helpers, task adapters, checkpoint evaluation)."""
+
+from tools.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from tools.engine.data import DataRootError
+from tools.engine.evaluate import EvalOutcome, evaluate_checkpoint
+from tools.engine.optim import build_optimizer, parameter_groups, scaled_lr
+from tools.engine.schedule import build_scheduler, lr_factor_fn
+from tools.engine.trainer import NonFiniteLossError, RunResult, Trainer, train
+
+__all__ = [
+    "CheckpointError", "DataRootError", "EvalOutcome", "NonFiniteLossError", "RunResult", "Trainer",
+    "build_optimizer", "build_scheduler", "evaluate_checkpoint", "load_checkpoint", "lr_factor_fn",
+    "parameter_groups", "save_checkpoint", "scaled_lr", "train",
+]

@@ -1,0 +1,359 @@
+"""Task adapters: what differs between detection and segmentation training.
+
+A task builds its datasets and model from a config, turns a batch into a dict of loss terms,
+evaluates a model on a loader (COCOeval / mIoU, gathered over ranks) and draws predictions.
+The training loop (:mod:`tools.engine.trainer`) knows nothing else about the task.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from torchvision.utils import draw_segmentation_masks, make_grid
+from tqdm import tqdm
+
+from tools.config.schema import TrainConfig
+from tools.data import (
+    CategoryMap,
+    CocoDetection,
+    CocoSemantic,
+    VOC_COCO_CATEGORY_IDS,
+    build_detection_transforms,
+    build_segmentation_transforms,
+    collate_detection,
+    collate_segmentation,
+)
+from tools.data.draw import draw_gt_and_predictions, save_png, to_uint8_image
+from tools.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from tools.engine.data import split_paths, subset_ids
+from tools.engine.distributed import DistContext
+from tools.evaluation import CocoEvaluator, SegmentationMetrics, format_table
+
+#: Detector kinds whose ``num_classes`` counts the background (labels 1..K).
+BACKGROUND_KINDS = ("faster_rcnn", "mask_rcnn")
+COCO_STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+def _resolve_categories(cfg: TrainConfig, gt_categories: Sequence[Mapping[str, Any]]) -> CategoryMap:
+    subset: Any = cfg.data.categories
+    if subset == ["voc"] or subset == "voc":
+        subset = VOC_COCO_CATEGORY_IDS
+    return CategoryMap.from_coco_categories(gt_categories, subset=subset)
+
+
+def _check_num_classes(cfg: TrainConfig, category_map: CategoryMap) -> int:
+    if cfg.model.num_classes is not None and cfg.model.num_classes != category_map.num_classes:
+        raise ValueError(
+            f"model.num_classes={cfg.model.num_classes} but the dataset's category map has "
+            f"{category_map.num_classes} classes ({', '.join(category_map.names)}); set "
+            "model.num_classes to null to take them from the dataset"
+        )
+    return category_map.num_classes
+
+
+class Task:
+    """Interface of a task adapter (see the module docstring)."""
+
+    name = "task"
+    #: parameter-name prefixes of the pretrained trunk (for ``optim.backbone_lr_mult``)
+    trunk_prefixes: tuple[str, ...] = ("backbone.",)
+
+    def __init__(self, cfg: TrainConfig, root: Path) -> None:
+        self.cfg = cfg
+        self.root = root
+        self.category_map: CategoryMap | None = None
+
+    def build_datasets(self, train: bool = True, val: bool = True) -> tuple[Any, Any]:
+        raise NotImplementedError
+
+    def build_model(self, num_classes: int) -> nn.Module:
+        raise NotImplementedError
+
+    collate = staticmethod(collate_detection)
+
+    def aspect_ratios(self, dataset: Any) -> list[float] | None:
+        return None
+
+    def losses(self, model: nn.Module, batch: Any, device: torch.device) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def evaluate(self, model: nn.Module, loader: DataLoader, ctx: DistContext) -> tuple[dict[str, float], str]:
+        raise NotImplementedError
+
+    def draw(self, model: nn.Module, dataset: Any, path: Path, device: torch.device) -> Path | None:
+        raise NotImplementedError
+
+
+# ----------------------------------------------------------------------------- detection
+
+
+class DetectionTask(Task):
+    """torchvision detectors (Faster / Mask R-CNN, RetinaNet, FCOS) on COCO-layout data."""
+
+    name = "det"
+    trunk_prefixes = ("backbone.body.",)
+
+    @property
+    def masks(self) -> bool:
+        return self.cfg.model.kind == "mask_rcnn"
+
+    @property
+    def iou_types(self) -> tuple[str, ...]:
+        return ("bbox", "segm") if self.masks else ("bbox",)
+
+    @property
+    def label_offset(self) -> int:
+        """RetinaNet/FCOS take labels 0..K-1 (no background); the datasets give 1..K."""
+        return 0 if self.cfg.model.kind in BACKGROUND_KINDS else 1
+
+    def build_datasets(self, train: bool = True, val: bool = True) -> tuple[Any, Any]:
+        d = self.cfg.data
+        train_ds = val_ds = None
+        if val:
+            paths = split_paths(self.root, d.val_split)
+            val_ds = CocoDetection(paths.images, paths.annotations, build_detection_transforms(False),
+                                   return_masks=self.masks)
+            self.category_map = _resolve_categories(self.cfg, val_ds.coco.dataset["categories"])
+            val_ds.category_map = self.category_map
+            subset_ids(val_ds, d.max_val_images)
+        if train:
+            paths = split_paths(self.root, d.train_split)
+            aug = d.det_aug
+            transforms = build_detection_transforms(
+                True, min_sizes=aug.min_sizes, max_size=aug.max_size, flip_prob=aug.flip_prob,
+                photometric=aug.photometric,
+            )
+            probe = CocoDetection(paths.images, paths.annotations, transforms, return_masks=self.masks)
+            cmap = self.category_map or _resolve_categories(self.cfg, probe.coco.dataset["categories"])
+            train_ds = CocoDetection(paths.images, paths.annotations, transforms, return_masks=self.masks,
+                                     category_map=cmap, skip_empty=True)
+            self.category_map = cmap
+            subset_ids(train_ds, d.max_train_images)
+            if len(train_ds) == 0:
+                raise ValueError(f"no training image with annotations in {paths.annotations}")
+        return train_ds, val_ds
+
+    def build_model(self, num_classes: int) -> nn.Module:
+        return build_detection_model(self.cfg, num_classes)
+
+    def aspect_ratios(self, dataset: Any) -> list[float] | None:
+        return dataset.aspect_ratios()
+
+    def _targets(self, targets: Sequence[Mapping[str, Any]], device: torch.device) -> list[dict[str, Any]]:
+        keys = ("boxes", "labels", "masks")
+        out = []
+        for t in targets:
+            d = {k: t[k].to(device) for k in keys if k in t}
+            if self.label_offset:
+                d["labels"] = d["labels"] - self.label_offset
+            out.append(d)
+        return out
+
+    def losses(self, model: nn.Module, batch: Any, device: torch.device) -> dict[str, torch.Tensor]:
+        images, targets = batch
+        return model([img.to(device) for img in images], self._targets(targets, device))
+
+    @torch.no_grad()
+    def predict(self, model: nn.Module, images: Sequence[torch.Tensor], device: torch.device) -> list[dict[str, Any]]:
+        """Detector outputs on CPU with dataset labels (1..K)."""
+        outputs = model([img.to(device) for img in images])
+        result = []
+        for o in outputs:
+            o = {k: v.detach().cpu() for k, v in o.items()}
+            if self.label_offset:
+                o["labels"] = o["labels"] + self.label_offset
+            result.append(o)
+        return result
+
+    def evaluate(self, model: nn.Module, loader: DataLoader, ctx: DistContext) -> tuple[dict[str, float], str]:
+        dataset = loader.dataset
+        gt = dataset.coco.dataset
+        if self.cfg.data.max_val_images is not None:
+            keep = set(dataset.ids)
+            gt = {**gt, "images": [i for i in gt["images"] if i["id"] in keep],
+                  "annotations": [a for a in gt["annotations"] if a["image_id"] in keep]}
+        evaluator = CocoEvaluator(gt, self.iou_types, category_map=self.category_map,
+                                  backend=self.cfg.eval.backend)
+        model.eval()
+        for images, targets in tqdm(loader, desc="eval", disable=not ctx.is_main, leave=False,
+                                    dynamic_ncols=True):
+            evaluator.add_batch(targets, self.predict(model, images, ctx.device))
+        results = evaluator.evaluate()
+        metrics: dict[str, float] = {}
+        tables = []
+        for iou_type, res in results.items():
+            for name, value in zip(COCO_STATS, res.stats):
+                metrics[f"{iou_type}/{name}"] = value
+            for row in res.per_category:
+                metrics[f"{iou_type}/AP-{row['name']}"] = row["AP"]
+            tables.append(format_table(res))
+        return metrics, "\n".join(tables)
+
+    def draw(self, model: nn.Module, dataset: Any, path: Path, device: torch.device) -> Path | None:
+        n = min(self.cfg.eval.visualize, len(dataset))
+        if n == 0:
+            return None
+        model.eval()
+        tiles = []
+        for i in range(n):
+            image, target = dataset[i]
+            pred = self.predict(model, [image], device)[0]
+            tiles.append(draw_gt_and_predictions(image, self.category_map, target, pred,
+                                                 score_threshold=self.cfg.eval.score_thresh))
+        return save_png(_grid(tiles), path)
+
+
+def _grid(tiles: list[torch.Tensor]) -> torch.Tensor:
+    h = max(t.shape[1] for t in tiles)
+    w = max(t.shape[2] for t in tiles)
+    padded = [torch.nn.functional.pad(t, (0, w - t.shape[2], 0, h - t.shape[1]), value=255) for t in tiles]
+    return make_grid(padded, nrow=min(4, len(padded)), padding=4, pad_value=255)
+
+
+def build_detection_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
+    """The configured torchvision detector for ``num_classes`` foreground classes."""
+    from heads import build_detector
+    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+
+    m = cfg.model
+    backbone_options: dict[str, Any] = {**m.backbone.create_options(), "fpn_channels": m.fpn.out_channels}
+    if m.backbone.weights:
+        backbone_options["weights"] = m.backbone.weights
+    if m.fpn.norm is not None:
+        backbone_options["fpn_norm"] = m.fpn.norm
+    head_classes = num_classes + 1  # R-CNN: + background; RetinaNet/FCOS: labels shifted to 0..K-1
+    if m.kind not in BACKGROUND_KINDS:
+        head_classes = num_classes
+    options = dict(m.options)
+    if m.box_head_dim is not None:
+        if m.kind not in BACKGROUND_KINDS:
+            raise ValueError(f"model.box_head_dim applies to the R-CNNs, not {m.kind}")
+        pool = 7
+        options["box_head"] = TwoMLPHead(m.fpn.out_channels * pool * pool, m.box_head_dim)
+        options["box_predictor"] = FastRCNNPredictor(m.box_head_dim, head_classes)
+        if m.kind == "mask_rcnn":
+            raise ValueError("model.box_head_dim with mask_rcnn needs a mask_predictor; use options")
+    return build_detector(m.kind, backbone=m.backbone.name, num_classes=head_classes,
+                          backbone_options=backbone_options, **options)
+
+
+# ----------------------------------------------------------------------------- segmentation
+
+
+class SegmentationTask(Task):
+    """DeepLabV3 / V3+ semantic segmentation on COCO-layout data (masks from instances)."""
+
+    name = "seg"
+    trunk_prefixes = ("backbone.",)
+    collate = staticmethod(collate_segmentation)
+
+    def build_datasets(self, train: bool = True, val: bool = True) -> tuple[Any, Any]:
+        d = self.cfg.data
+        aug = d.seg_aug
+        subset = VOC_COCO_CATEGORY_IDS if d.categories in (["voc"], "voc") else d.categories
+        train_ds = val_ds = None
+        if val:
+            paths = split_paths(self.root, d.val_split)
+            val_ds = CocoSemantic(paths.images, paths.annotations,
+                                  build_segmentation_transforms(False, eval_size=aug.eval_size),
+                                  categories=subset)
+            self.category_map = val_ds.category_map
+            subset_ids(val_ds, d.max_val_images)
+        if train:
+            paths = split_paths(self.root, d.train_split)
+            transforms = build_segmentation_transforms(
+                True, base_size=aug.base_size, crop_size=aug.crop_size,
+                scale_range=tuple(aug.scale_range), flip_prob=aug.flip_prob, photometric=aug.photometric,
+            )
+            train_ds = CocoSemantic(paths.images, paths.annotations, transforms, categories=subset,
+                                    skip_empty=True)
+            self.category_map = self.category_map or train_ds.category_map
+            subset_ids(train_ds, d.max_train_images)
+            if len(train_ds) == 0:
+                raise ValueError(f"no training image with labelled pixels in {paths.annotations}")
+        return train_ds, val_ds
+
+    def build_model(self, num_classes: int) -> nn.Module:
+        return build_segmentation_model(self.cfg, num_classes)
+
+    def losses(self, model: nn.Module, batch: Any, device: torch.device) -> dict[str, torch.Tensor]:
+        from heads import segmentation_loss
+
+        images, masks = batch
+        out = model(images.to(device))
+        losses = segmentation_loss(out, masks.to(device), ignore_index=self.cfg.model.ignore_index,
+                                   aux_weight=self.cfg.model.aux_weight)
+        losses.pop("loss")
+        return losses
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, loader: DataLoader, ctx: DistContext) -> tuple[dict[str, float], str]:
+        num_classes = self.category_map.num_classes + 1
+        metrics = SegmentationMetrics(num_classes, ignore_index=self.cfg.model.ignore_index)
+        model.eval()
+        for images, masks in tqdm(loader, desc="eval", disable=not ctx.is_main, leave=False,
+                                  dynamic_ncols=True):
+            logits = model(images.to(ctx.device))["out"]
+            metrics.update(logits.argmax(1).cpu(), masks)
+        metrics.all_reduce()
+        res = metrics.compute()
+        names = ["background", *self.category_map.names]
+        out = {"seg/mIoU": res["mIoU"], "seg/pixel_acc": res["pixel_accuracy"]}
+        lines = [f"[seg] mIoU={res['mIoU'] * 100:.2f}  pixel_acc={res['pixel_accuracy'] * 100:.2f}"]
+        for name, iou in zip(names, res["per_class_iou"]):
+            out[f"seg/IoU-{name}"] = iou
+            lines.append(f"{name:<12} IoU {iou * 100:6.2f}" if not math.isnan(iou) else f"{name:<12} IoU    n/a")
+        return out, "\n".join(lines)
+
+    @torch.no_grad()
+    def draw(self, model: nn.Module, dataset: Any, path: Path, device: torch.device) -> Path | None:
+        n = min(self.cfg.eval.visualize, len(dataset))
+        if n == 0:
+            return None
+        model.eval()
+        mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+        std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+        k = self.category_map.num_classes + 1
+        palette = [(0, 0, 0)] + [tuple(int(c) for c in _colour(i)) for i in range(1, k)]
+        tiles = []
+        for i in range(n):
+            image, mask = dataset[i]
+            pred = model(image[None].to(device))["out"].argmax(1)[0].cpu()
+            rgb = to_uint8_image((image * std + mean).clamp(0, 1))
+            for labels in (mask, pred):
+                onehot = torch.stack([labels == c for c in range(1, k)])
+                tiles.append(draw_segmentation_masks(rgb, onehot, alpha=0.55, colors=palette[1:]))
+        return save_png(_grid(tiles), path)
+
+
+def _colour(i: int) -> tuple[int, int, int]:
+    base = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
+            (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212)]
+    return base[(i - 1) % len(base)]
+
+
+def build_segmentation_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
+    """The configured DeepLab model for ``num_classes`` foreground classes (+ background)."""
+    from heads import build_segmenter
+
+    m = cfg.model
+    options = {k: v for k, v in m.backbone.create_options().items() if k != "output_stride"}
+    if m.backbone.output_stride not in (None, m.output_stride):
+        raise ValueError(
+            f"model.backbone.output_stride={m.backbone.output_stride} differs from "
+            f"model.output_stride={m.output_stride}; set only model.output_stride for DeepLab"
+        )
+    return build_segmenter(m.kind, backbone=m.backbone.name, num_classes=num_classes + 1,
+                           output_stride=m.output_stride, aux=m.aux,
+                           backbone_weights=m.backbone.weights, **options, **m.options)
+
+
+def make_task(cfg: TrainConfig, root: Path) -> Task:
+    """The adapter of ``cfg.task``."""
+    return DetectionTask(cfg, root) if cfg.task == "det" else SegmentationTask(cfg, root)

@@ -1,0 +1,398 @@
+"""The training loop shared by ``tools/train_det.py`` and ``tools/train_seg.py``.
+
+:func:`train` runs a config end to end: data (generating the embedded shapes dataset when
+configured), model, optimiser and schedule, the epoch loop with AMP, clipping and logging,
+evaluation every ``train.eval_every`` epochs, ``best.pth`` / ``last.pth`` written atomically,
+``--resume`` from ``last.pth`` (mid-epoch included), and a PNG of predictions at the end.
+Under ``torchrun`` it runs DDP; rank 0 logs and writes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from backbones import load_matching, read_state_dict
+from tools.config.loader import config_to_yaml
+from tools.config.schema import TrainConfig
+from tools.engine import distributed as D
+from tools.engine.checkpoint import (
+    CheckpointError,
+    atomic_write_text,
+    capture_rng_state,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
+from tools.engine.data import SeededAugmentation, build_eval_loader, build_train_loader, prepare_data_root
+from tools.engine.metrics import JsonlWriter, SmoothedValues, format_metrics
+from tools.engine.optim import build_optimizer
+from tools.engine.schedule import build_scheduler
+from tools.engine.tasks import Task, _check_num_classes, make_task
+
+logger = logging.getLogger(__name__)
+
+LAST = "last.pth"
+BEST = "best.pth"
+CONFIG_NAME = "config.yaml"
+METRICS_NAME = "metrics.jsonl"
+PNG_NAME = "predictions.png"
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss term became NaN or infinite; the message names the iteration and the terms."""
+
+
+@dataclass
+class RunResult:
+    """What a finished run produced."""
+
+    output_dir: Path
+    metrics: dict[str, float] = field(default_factory=dict)
+    best: dict[str, Any] = field(default_factory=dict)
+    iterations: int = 0
+    train_seconds: float = 0.0
+    png: Path | None = None
+    table: str = ""
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside a DDP wrapper."""
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def stage_of(name: str, trunk_prefixes: tuple[str, ...]) -> str:
+    """Stage label of a parameter for gradient-norm logging (``trunk.stem``, ``trunk.layer2``,
+    or the top-level module, e.g. ``backbone.fpn``, ``rpn``, ``roi_heads``, ``classifier``)."""
+    for prefix in trunk_prefixes:
+        if name.startswith(prefix):
+            head = name[len(prefix):].split(".", 1)[0]
+            return f"trunk.{head if head.startswith('layer') else 'stem'}"
+    parts = name.split(".")
+    return ".".join(parts[:2]) if parts[0] == "backbone" and len(parts) > 2 else parts[0]
+
+
+def grad_norms_per_stage(model: nn.Module, trunk_prefixes: tuple[str, ...]) -> dict[str, float]:
+    """L2 norm of the gradients of each stage (see :func:`stage_of`)."""
+    sums: dict[str, float] = {}
+    for name, p in unwrap(model).named_parameters():
+        if p.grad is not None:
+            key = f"grad_norm/{stage_of(name, trunk_prefixes)}"
+            sums[key] = sums.get(key, 0.0) + float(p.grad.detach().float().pow(2).sum())
+    return {k: math.sqrt(v) for k, v in sums.items()}
+
+
+def _autocast(amp: str, device: torch.device):
+    if amp == "none" or device.type != "cuda":
+        return nullcontext()
+    return torch.autocast("cuda", dtype=torch.float16 if amp == "fp16" else torch.bfloat16)
+
+
+def load_model_weights(model: nn.Module, source: str) -> None:
+    """Initialise a whole model from a training checkpoint or a state dict with our key names."""
+    state, name, raw = read_state_dict(source)
+    if isinstance(raw, dict) and isinstance(raw.get("model"), dict):
+        state = raw["model"]
+    report = load_matching(model, state, source=name, format="native", strict=False)
+    logger.info("model.weights: %s", report)
+
+
+class Trainer:
+    """One training run (see the module docstring); use :func:`train`."""
+
+    def __init__(self, cfg: TrainConfig, output_dir: str | Path, *, resume: bool | str = False,
+                 ctx: D.DistContext | None = None) -> None:
+        self.cfg = cfg
+        self.output_dir = Path(output_dir)
+        self.resume = resume
+        self.ctx = ctx or D.init_distributed(cfg.train.device)
+        t = cfg.train
+        if t.num_threads:
+            torch.set_num_threads(t.num_threads)
+        if t.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.backends.cudnn.benchmark = False
+        if t.amp != "none" and self.ctx.device.type != "cuda":
+            logger.warning("train.amp=%s needs CUDA; training in fp32 on %s", t.amp, self.ctx.device)
+        seed_everything(t.seed)
+
+        root = prepare_data_root(cfg.data, self.ctx, (cfg.data.train_split, cfg.data.val_split))
+        self.task: Task = make_task(cfg, root)
+        train_ds, self.val_ds = self.task.build_datasets()
+        self.num_classes = _check_num_classes(cfg, self.task.category_map)
+        self.train_ds = SeededAugmentation(train_ds, t.seed)
+
+        seed_everything(t.seed)  # identical initial weights on every rank and every run
+        model = self.task.build_model(self.num_classes)
+        if cfg.model.weights:
+            load_model_weights(model, cfg.model.weights)
+        if t.sync_bn and self.ctx.distributed:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model.to(self.ctx.device)
+        self.model_without_ddp = model
+        if self.ctx.distributed:
+            ids = [self.ctx.device.index] if self.ctx.device.type == "cuda" else None
+            model = DistributedDataParallel(model, device_ids=ids)
+        self.model = model
+
+        self.train_loader, self.batch_sampler = build_train_loader(
+            self.train_ds, cfg.data, self.ctx, self.task.collate, t.seed,
+            self.task.aspect_ratios(train_ds) if cfg.data.aspect_ratio_grouping else None,
+        )
+        self.val_loader = build_eval_loader(self.val_ds, cfg.data, self.ctx, self.task.collate)
+        self.iters_per_epoch = self.batch_sampler.num_full_batches()
+        self.total_iters = t.epochs * self.iters_per_epoch
+        if t.max_iters is not None:
+            self.total_iters = min(self.total_iters, t.max_iters)
+        self.optimizer = build_optimizer(self.model_without_ddp, cfg.optim, cfg.data.batch_size,
+                                         self.task.trunk_prefixes)
+        self.scheduler = build_scheduler(self.optimizer, cfg.schedule, self.iters_per_epoch, self.total_iters)
+        use_scaler = t.amp == "fp16" and self.ctx.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+
+        self.epoch = 0
+        self.iter_in_epoch = 0
+        self.global_iter = 0
+        self.train_seconds = 0.0
+        self.best: dict[str, Any] = {"metric": cfg.best_metric, "value": None, "epoch": None}
+        self.last_metrics: dict[str, float] = {}
+        self.metrics = JsonlWriter(self.output_dir / METRICS_NAME if self.ctx.is_main else None)
+        if self.ctx.is_main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.output_dir / CONFIG_NAME, config_to_yaml(cfg))
+            atomic_write_text(self.output_dir / "category_map.json",
+                              json.dumps(self.task.category_map.to_dict(), indent=1))
+        if resume:
+            self._resume(Path(resume) if isinstance(resume, str) else self.output_dir / LAST)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _state(self) -> dict[str, Any]:
+        rng = D.all_gather_object(capture_rng_state())
+        return {
+            "model": self.model_without_ddp.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": self.epoch,
+            "iter_in_epoch": self.iter_in_epoch,
+            "global_iter": self.global_iter,
+            "train_seconds": self.train_seconds,
+            "best": dict(self.best),
+            "metrics": dict(self.last_metrics),
+            "rng": rng,
+            "world_size": self.ctx.world_size,
+            "task": self.cfg.task,
+            "config": self.cfg.model_dump(mode="json"),
+            "category_map": self.task.category_map.to_dict(),
+        }
+
+    def save(self, *names: str) -> None:
+        """Write the training state to each of ``names`` in the run folder (rank 0, atomic)."""
+        state = self._state()  # collective: every rank takes part
+        if self.ctx.is_main:
+            for name in names:
+                save_checkpoint(self.output_dir / name, state)
+                atomic_write_text(self.output_dir / CONFIG_NAME, config_to_yaml(self.cfg))
+        D.barrier()
+
+    def _resume(self, path: Path) -> None:
+        if not path.is_file():
+            raise CheckpointError(f"--resume: no checkpoint at {path} (run without --resume to start)")
+        state = load_checkpoint(path, map_location=self.ctx.device)
+        if state.get("task") != self.cfg.task:
+            raise CheckpointError(f"{path} is a {state.get('task')!r} checkpoint, not {self.cfg.task!r}")
+        self.model_without_ddp.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.epoch = int(state["epoch"])
+        self.iter_in_epoch = int(state["iter_in_epoch"])
+        self.global_iter = int(state["global_iter"])
+        self.train_seconds = float(state.get("train_seconds", 0.0))
+        self.best = dict(state.get("best") or self.best)
+        self.last_metrics = dict(state.get("metrics") or {})
+        rng = state.get("rng") or []
+        if len(rng) == self.ctx.world_size:
+            restore_rng_state(rng[self.ctx.rank])
+        else:
+            logger.warning("checkpoint has RNG states of %d processes, this run has %d; reseeding",
+                           len(rng), self.ctx.world_size)
+            seed_everything(self.cfg.train.seed + self.global_iter + self.ctx.rank)
+        if self.ctx.is_main:
+            logger.info("resumed from %s at epoch %d, batch %d (iteration %d)", path, self.epoch,
+                        self.iter_in_epoch, self.global_iter)
+            self.metrics.write({"type": "resume", "epoch": self.epoch, "iter_in_epoch": self.iter_in_epoch,
+                                "global_iter": self.global_iter, "checkpoint": str(path)})
+
+    # ------------------------------------------------------------------ loop
+
+    def _check_finite(self, losses: dict[str, torch.Tensor], total: torch.Tensor) -> None:
+        bad = not bool(torch.isfinite(total.detach()).all())
+        if D.any_rank_true(bad, self.ctx.device):
+            terms = ", ".join(f"{k}={float(v):.4g}" for k, v in losses.items())
+            raise NonFiniteLossError(
+                f"non-finite loss at iteration {self.global_iter + 1} (epoch {self.epoch + 1}, "
+                f"batch {self.iter_in_epoch + 1}) on rank {self.ctx.rank if bad else 'other'}: {terms}; "
+                f"stopping. The last good checkpoint is {self.output_dir / LAST}"
+            )
+
+    def _step(self, batch: Any) -> dict[str, float]:
+        t = self.cfg.train
+        self.model.train()
+        with _autocast(t.amp, self.ctx.device):
+            losses = self.task.losses(self.model, batch, self.ctx.device)
+        total = sum(losses.values())
+        self._check_finite(losses, total)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(total).backward()
+        log: dict[str, float] = {}
+        want_norms = t.grad_norm_per_stage and (self.global_iter + 1) % t.log_every == 0
+        if self.cfg.optim.clip_grad_norm or want_norms:
+            self.scaler.unscale_(self.optimizer)
+        if want_norms:
+            log.update(grad_norms_per_stage(self.model, self.task.trunk_prefixes))
+        if self.cfg.optim.clip_grad_norm:
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.clip_grad_norm)
+            log["grad_norm"] = float(norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        log["loss"] = float(total.detach())
+        log.update({k: float(v.detach()) for k, v in losses.items()})
+        return log
+
+    def _stop_requested(self) -> bool:
+        t = self.cfg.train
+        stop = t.max_iters is not None and self.global_iter >= t.max_iters
+        if t.time_limit_s is not None and self.train_seconds >= t.time_limit_s:
+            stop = True
+        return bool(D.broadcast_object(stop))
+
+    def evaluate(self) -> tuple[dict[str, float], str]:
+        """Evaluate on the validation split (all ranks take part); logs on rank 0."""
+        start = time.time()
+        metrics, table = self.task.evaluate(self.model_without_ddp, self.val_loader, self.ctx)
+        self.last_metrics = metrics
+        if self.ctx.is_main:
+            record = {"type": "eval", "epoch": self.epoch, "global_iter": self.global_iter,
+                      "eval_seconds": round(time.time() - start, 2), **metrics}
+            self.metrics.write(record)
+            tqdm.write(f"evaluation after epoch {self.epoch} (iteration {self.global_iter}):\n{table}")
+        return metrics, table
+
+    def _update_best(self, metrics: dict[str, float]) -> bool:
+        name = self.best["metric"]
+        if name not in metrics:
+            raise ValueError(f"eval.best_metric {name!r} is not among the metrics: {sorted(metrics)}")
+        value = metrics[name]
+        if value is None or not math.isfinite(value):
+            return False
+        if self.best["value"] is None or value > self.best["value"]:
+            self.best = {"metric": name, "value": value, "epoch": self.epoch}
+            return True
+        return False
+
+    def fit(self) -> RunResult:
+        """Train to the end (or ``max_iters`` / ``time_limit_s``), evaluate, draw; returns results."""
+        t = self.cfg.train
+        if self.ctx.is_main:
+            n_params = sum(p.numel() for p in self.model_without_ddp.parameters())
+            self.metrics.write({"type": "start", "world_size": self.ctx.world_size,
+                                "device": str(self.ctx.device), "iters_per_epoch": self.iters_per_epoch,
+                                "total_iters": self.total_iters, "params": n_params,
+                                "train_images": len(self.train_ds), "val_images": len(self.val_ds)})
+        smooth = SmoothedValues(t.log_every)
+        table = ""
+        stopped = self._stop_requested() if self.global_iter else False
+        progress = tqdm(total=self.total_iters, initial=self.global_iter, disable=not self.ctx.is_main,
+                        desc="train", dynamic_ncols=True, unit="it")
+        evaluated_at = -1
+        while self.epoch < t.epochs and not stopped:
+            self.train_ds.epoch = self.epoch
+            self.batch_sampler.set_epoch(self.epoch)
+            self.batch_sampler.set_start_batch(self.iter_in_epoch)
+            tic = time.time()
+            for batch in self.train_loader:
+                log = self._step(batch)
+                self.iter_in_epoch += 1
+                self.global_iter += 1
+                now = time.time()
+                self.train_seconds += now - tic
+                tic = now
+                smooth.update({k: v for k, v in log.items() if not k.startswith("grad_norm")})
+                progress.update(1)
+                if self.global_iter % t.log_every == 0 or self.global_iter == 1:
+                    vals = D.reduce_mean(log, self.ctx.device)
+                    if self.ctx.is_main:
+                        rate = self.train_seconds / max(self.global_iter, 1)
+                        self.metrics.write({
+                            "type": "train", "epoch": self.epoch + 1, "iter": self.iter_in_epoch,
+                            "global_iter": self.global_iter, "lr": self.optimizer.param_groups[0]["lr"],
+                            "sec_per_iter": round(rate, 4),
+                            "eta_s": round(rate * (self.total_iters - self.global_iter), 1), **vals})
+                        progress.set_postfix_str(format_metrics(
+                            {"ep": self.epoch, "lr": self.optimizer.param_groups[0]["lr"],
+                             **{k: v for k, v in smooth.medians().items() if k == "loss"}}, 3))
+                if self.iter_in_epoch >= self.iters_per_epoch:
+                    self.epoch += 1
+                    self.iter_in_epoch = 0
+                if t.checkpoint_every_iters and self.global_iter % t.checkpoint_every_iters == 0:
+                    self.save(LAST)
+                stopped = self._stop_requested()
+                if stopped or self.iter_in_epoch == 0:
+                    break
+            if self.iter_in_epoch != 0 and not stopped:  # loader ran short (should not happen)
+                self.epoch += 1
+                self.iter_in_epoch = 0
+            epoch_done = self.iter_in_epoch == 0
+            if epoch_done and not stopped:
+                if self.epoch % t.eval_every == 0 or self.epoch == t.epochs:
+                    metrics, table = self.evaluate()
+                    evaluated_at = self.global_iter
+                    if self._update_best(metrics):
+                        self.save(BEST, LAST)
+                    else:
+                        self.save(LAST)
+                else:
+                    self.save(LAST)
+        progress.close()
+        if evaluated_at != self.global_iter:
+            metrics, table = self.evaluate()
+            names = (BEST, LAST) if self._update_best(metrics) else (LAST,)
+            self.save(*names)
+        png = None
+        if self.ctx.is_main:
+            png = self.task.draw(self.model_without_ddp, self.val_ds, self.output_dir / PNG_NAME,
+                                 self.ctx.device)
+            self.metrics.write({"type": "final", "epoch": self.epoch, "global_iter": self.global_iter,
+                                "train_seconds": round(self.train_seconds, 2),
+                                "best": self.best, **self.last_metrics})
+        D.barrier()
+        return RunResult(self.output_dir, dict(self.last_metrics), dict(self.best), self.global_iter,
+                         self.train_seconds, png, table)
+
+
+def train(cfg: TrainConfig, output_dir: str | Path, *, resume: bool | str = False) -> RunResult:
+    """Run ``cfg`` end to end in this process (joining the torchrun group if there is one)."""
+    return Trainer(cfg, output_dir, resume=resume).fit()

@@ -1,0 +1,20 @@
+"""Train a detector (Faster R-CNN, RetinaNet, FCOS, Mask R-CNN) from a YAML config.
+
+    python tools/train_det.py                      # CPU demo on the embedded shapes dataset
+    python tools/train_det.py --config configs/det/faster_rcnn_r50_fpn_1x_coco.yaml \
+        --data-root /data/coco --set model.backbone.weights=/weights/resnet50.pth
+    torchrun --nproc_per_node=8 tools/train_det.py --config ... [--resume]
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tools.engine.cli import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main("det"))
