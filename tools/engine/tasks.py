@@ -23,7 +23,6 @@ from tools.data import (
     CategoryMap,
     CocoDetection,
     CocoSemantic,
-    VOC_COCO_CATEGORY_IDS,
     build_detection_transforms,
     build_segmentation_transforms,
     collate_detection,
@@ -41,10 +40,7 @@ COCO_STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 
 def _resolve_categories(cfg: TrainConfig, gt_categories: Sequence[Mapping[str, Any]]) -> CategoryMap:
-    subset: Any = cfg.data.categories
-    if subset == ["voc"] or subset == "voc":
-        subset = VOC_COCO_CATEGORY_IDS
-    return CategoryMap.from_coco_categories(gt_categories, subset=subset)
+    return CategoryMap.from_coco_categories(gt_categories, subset=cfg.data.categories)
 
 
 def _check_num_classes(cfg: TrainConfig, category_map: CategoryMap) -> int:
@@ -256,7 +252,7 @@ class SegmentationTask(Task):
     def build_datasets(self, train: bool = True, val: bool = True) -> tuple[Any, Any]:
         d = self.cfg.data
         aug = d.seg_aug
-        subset = VOC_COCO_CATEGORY_IDS if d.categories in (["voc"], "voc") else d.categories
+        subset = d.categories
         train_ds = val_ds = None
         if val:
             paths = split_paths(self.root, d.val_split)

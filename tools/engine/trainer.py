@@ -142,6 +142,10 @@ class Trainer:
         self.num_classes = _check_num_classes(cfg, self.task.category_map)
         self.train_ds = SeededAugmentation(train_ds, t.seed)
 
+        bb = cfg.model.backbone
+        if bb.norm == "FrozenBN" and not bb.weights and not cfg.model.weights and self.ctx.is_main:
+            logger.warning("model.backbone.norm is FrozenBN but no weights are given: the trunk's "
+                           "norms stay at identity; fill model.backbone.weights or use BN/GN")
         seed_everything(t.seed)  # identical initial weights on every rank and every run
         model = self.task.build_model(self.num_classes)
         if cfg.model.weights:
