@@ -159,6 +159,7 @@ class CocoEvaluator:
     def reset(self) -> None:
         """Forget all collected predictions."""
         self._per_image: dict[int, dict[str, list[dict[str, Any]]]] = {}
+        self._local_duplicates = 0
         self.num_duplicates = 0
 
     def update(self, predictions: Mapping[int, Mapping[str, Any]]) -> None:
@@ -169,7 +170,8 @@ class CocoEvaluator:
         for image_id, pred in predictions.items():
             image_id = int(image_id)
             if image_id in self._per_image:
-                self.num_duplicates += 1
+                self._local_duplicates += 1
+                self.num_duplicates = self._local_duplicates
                 continue
             self._per_image[image_id] = prediction_to_results(
                 image_id, pred, self.category_map, self.iou_types, self.mask_threshold)
@@ -190,6 +192,7 @@ class CocoEvaluator:
 
     def _gathered(self) -> dict[int, dict[str, list[dict[str, Any]]]]:
         merged: dict[int, dict[str, list[dict[str, Any]]]] = {}
+        self.num_duplicates = self._local_duplicates
         for part in all_gather_objects(self._per_image):
             for image_id, res in part.items():
                 if image_id in merged:
