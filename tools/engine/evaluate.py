@@ -75,3 +75,66 @@ def evaluate_checkpoint(
     loader = build_eval_loader(val_ds, cfg.data, ctx, task.collate)
     metrics, table = task.evaluate(model, loader, ctx)
     return EvalOutcome(metrics, table)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m tools.engine.evaluate --checkpoint last.pth [--config c.yaml] [--split val2017]``:
+    evaluate a checkpoint, print the table, optionally write the metrics as JSON (rank 0)."""
+    import argparse
+    import json
+    import sys
+
+    from tools.config.loader import ConfigError
+    from tools.engine.data import DataRootError
+    from tools.engine.distributed import cleanup_distributed
+
+    parser = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
+    add_checkpoint_arguments(parser)
+    parser.add_argument("--json", help="write the metrics to this JSON file")
+    args = parser.parse_args(argv)
+    try:
+        outcome = run_from_args(args)
+    except (ConfigError, CheckpointError, DataRootError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        cleanup_distributed()
+    if _is_main():
+        print(outcome.table)
+        if args.json:
+            Path(args.json).write_text(json.dumps(outcome.metrics, indent=1), encoding="utf-8")
+    return 0
+
+
+def _is_main() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def add_checkpoint_arguments(parser: Any) -> None:
+    """``--checkpoint``, ``--config``, ``--set``, ``--split``, ``--data-root`` (for eval_coco.py)."""
+    parser.add_argument("--checkpoint", required=True, help="training checkpoint (best.pth / last.pth)")
+    parser.add_argument("--config", help="config YAML (default: the config saved in the checkpoint)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override (repeatable)")
+    parser.add_argument("--split", help="split to evaluate (default: data.val_split)")
+    parser.add_argument("--data-root", help="COCO-layout dataset folder (default: data.root)")
+
+
+def run_from_args(args: Any) -> EvalOutcome:
+    """Evaluate per parsed :func:`add_checkpoint_arguments` arguments."""
+    from tools.config.loader import load_config
+
+    cfg = load_config(args.config, args.overrides) if args.config else None
+    if cfg is None and args.overrides:
+        from tools.config.loader import apply_overrides
+
+        state = load_checkpoint(args.checkpoint)
+        data = apply_overrides(dict(state["config"]), args.overrides)
+        cfg = validate_config(data, source=f"config saved in {args.checkpoint} + --set")
+    return evaluate_checkpoint(args.checkpoint, cfg, split=args.split, data_root=args.data_root)
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())
