@@ -13,7 +13,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from tools.config.schema import DataConfig
-from tools.data import GroupedBatchSampler, aspect_ratio_group_ids, build_train_sampler, make_shapes_dataset
+from tools.data import (
+    GroupedBatchSampler,
+    aspect_ratio_group_ids,
+    build_train_sampler,
+    make_shapes_dataset,
+    seeded_generator,
+)
 from tools.engine.distributed import DistContext, barrier
 
 
@@ -146,6 +152,9 @@ def build_train_loader(
     loader = DataLoader(
         dataset, batch_sampler=batch_sampler, collate_fn=collate_fn, num_workers=cfg.num_workers,
         worker_init_fn=_worker_init if cfg.num_workers else None, persistent_workers=False,
+        # its own generator: creating an iterator must not draw from the global torch RNG, which
+        # the model's samplers use (a resumed run would otherwise drift from an unbroken one)
+        generator=seeded_generator(seed + ctx.rank),
     )
     return loader, batch_sampler
 
@@ -156,6 +165,7 @@ def build_eval_loader(dataset: Dataset, cfg: DataConfig, ctx: DistContext, colla
     return DataLoader(
         dataset, batch_size=cfg.eval_batch_size, sampler=sampler, collate_fn=collate_fn,
         num_workers=min(cfg.num_workers, 2), worker_init_fn=_worker_init if cfg.num_workers else None,
+        generator=seeded_generator(ctx.rank),
     )
 
 

@@ -254,7 +254,7 @@ class Trainer:
     def _check_finite(self, losses: dict[str, torch.Tensor], total: torch.Tensor) -> None:
         bad = not bool(torch.isfinite(total.detach()).all())
         if D.any_rank_true(bad, self.ctx.device):
-            terms = ", ".join(f"{k}={float(v):.4g}" for k, v in losses.items())
+            terms = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
             raise NonFiniteLossError(
                 f"non-finite loss at iteration {self.global_iter + 1} (epoch {self.epoch + 1}, "
                 f"batch {self.iter_in_epoch + 1}) on rank {self.ctx.rank if bad else 'other'}: {terms}; "
