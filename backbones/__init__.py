@@ -3,12 +3,14 @@
 ``create_backbone(name, out_features=..., weights=..., **options)`` builds a trunk that returns
 ``{tap: feature_map}`` with known channels and strides (``feature_info``); ``list_backbones()``
 names the variants; ``load_weights`` loads torchvision, timm, official Res2Net, detectron2 and
-MMDetection checkpoints.
+MMDetection checkpoints; ``optimize_for_inference`` folds the norms into the convolutions and fuses
+ReLUs and residual adds for fast inference.
 """
 
 from .blocks import BasicBlock, Bottle2neck, Bottleneck
 from .converters import FORMATS as WEIGHT_FORMATS
 from .fpn import FPNBackbone, create_fpn_backbone
+from .inference import FusedConv2d, fold_batch_norms, optimize_for_inference
 from .trunk import TAPS, FeatureInfo, ResNet
 from .variants import OPTIONS, VARIANTS, UnknownBackboneError, create_backbone, get_variant, list_backbones
 from .weights import (
@@ -26,6 +28,7 @@ __all__ = [
     "Bottle2neck",
     "Bottleneck",
     "FPNBackbone",
+    "FusedConv2d",
     "FeatureInfo",
     "LoadReport",
     "OPTIONS",
@@ -39,9 +42,11 @@ __all__ = [
     "adapt_input_conv",
     "create_backbone",
     "create_fpn_backbone",
+    "fold_batch_norms",
     "get_variant",
     "list_backbones",
     "load_matching",
     "load_weights",
+    "optimize_for_inference",
     "read_state_dict",
 ]

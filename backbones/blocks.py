@@ -92,6 +92,9 @@ class ResidualBlock(nn.Module):
 
     expansion: int = 1
     last_norm_name: str = ""
+    #: Set by ``backbones.optimize_for_inference`` once the convs are ``FusedConv2d`` (norms folded,
+    #: ReLU and the residual add fused): ``forward`` then runs :meth:`forward_fused`.
+    fused: bool = False
 
     def __init__(self, downsample: nn.Module | None, drop_path: float) -> None:
         super().__init__()
@@ -102,8 +105,15 @@ class ResidualBlock(nn.Module):
     def residual(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def forward_fused(self, x: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
+        """Inference forward of a fused block: ``relu(residual(x) + shortcut)`` with the add and
+        ReLU done by the last conv (see ``backbones.inference.FusedConv2d``)."""
+        raise NotImplementedError
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x if self.downsample is None else self.downsample(x)
+        if self.fused:
+            return self.forward_fused(x, shortcut)
         out = self.drop_path(self.residual(x))
         return self.relu(out + shortcut)
 
@@ -144,6 +154,9 @@ class BasicBlock(ResidualBlock):
     def residual(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
         return self.bn2(self.conv2(out))
+
+    def forward_fused(self, x: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
+        return self.conv2(self.conv1(x), shortcut)
 
 
 class Bottleneck(ResidualBlock):
@@ -188,6 +201,9 @@ class Bottleneck(ResidualBlock):
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         return self.bn3(self.conv3(out))
+
+    def forward_fused(self, x: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
+        return self.conv3(self.conv2(self.conv1(x)), shortcut)
 
 
 class Bottle2neck(ResidualBlock):
@@ -245,3 +261,34 @@ class Bottle2neck(ResidualBlock):
         if self.scale > 1:
             outputs.append(self.pool(splits[-1]) if self.pool is not None else splits[-1])
         return self.bn3(self.conv3(torch.cat(outputs, dim=1)))
+
+    def forward_fused(self, x: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
+        """Fused inference path without ``torch.cat``: each split's output is written straight into
+        its channel slot. Without autograd the slots are those of ``conv1``'s output itself (each
+        split is read before its slot is overwritten), so the last split of a non-first block is
+        never copied; a strided first block writes into one preallocated buffer instead."""
+        out = self.conv1(x)
+        splits = torch.split(out, self.width, dim=1)
+        first = self.convs[0](splits[0])
+        in_place = first.shape[-2:] == out.shape[-2:] and not (torch.is_grad_enabled() and out.requires_grad)
+        if in_place:
+            merged = out
+        else:
+            shape = (first.shape[0], out.shape[1], *first.shape[-2:])
+            merged = torch.empty(shape, dtype=first.dtype, device=first.device, memory_format=_memory_format(first))
+        width = self.width
+        merged[:, :width].copy_(first)
+        carried = first
+        for i in range(1, len(self.convs)):
+            carried = self.convs[i](splits[i] if self.is_first else carried + splits[i])
+            merged[:, i * width : (i + 1) * width].copy_(carried)
+        if self.scale > 1:
+            if self.pool is not None:
+                merged[:, -width:].copy_(self.pool(splits[-1]))
+            elif not in_place:
+                merged[:, -width:].copy_(splits[-1])
+        return self.conv3(merged, shortcut)
+
+
+def _memory_format(x: torch.Tensor) -> torch.memory_format:
+    return torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() else torch.contiguous_format

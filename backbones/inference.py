@@ -1,0 +1,304 @@
+"""Fast inference path: ``optimize_for_inference(model)`` folds batch norms into the convolutions
+that feed them and switches the weights to channels-last, without changing the outputs.
+
+Works on every model of this package (trunks, FPN backbones, the torchvision detectors of
+``heads.build_detector`` and the segmenters of ``heads.build_segmenter``) and on torchvision's own
+ResNets. A conv/norm pair is folded when the conv's output can only reach that norm:
+
+* inside an ``nn.Sequential`` (``Conv2d`` directly followed by a norm: shortcuts, deep stems,
+  torchvision's ``Conv2dNormActivation`` in FPNs and heads, DeepLab heads);
+* in residual blocks and trunks (``conv1``/``bn1``, ``conv2``/``bn2``, ``conv3``/``bn3``,
+  Res2Net's ``convs[i]``/``bns[i]``; a deep stem's last conv with the trunk's ``bn1``).
+
+``BatchNorm2d``/``SyncBatchNorm`` (running statistics) and ``FrozenBatchNorm2d`` are folded;
+GroupNorm and deformable convolutions are left as they are. A folded norm becomes ``nn.Identity``
+and its conv gains a ``bias``, so the folded model's ``state_dict`` has no ``bn*`` keys and extra
+``conv*.bias`` keys: load checkpoints before optimizing, not after.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_weights
+from torchvision.ops import FrozenBatchNorm2d
+
+__all__ = ["FusedConv2d", "fold_batch_norms", "fuse_activations", "optimize_for_inference"]
+
+_FOLDABLE_NORMS = (nn.BatchNorm2d, nn.SyncBatchNorm, FrozenBatchNorm2d)
+#: Attribute pairs (conv, norm) of the blocks and trunks of this package and torchvision's ResNets.
+_NAMED_PAIRS = (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3"))
+
+
+def _is_foldable(conv: nn.Module, norm: nn.Module) -> bool:
+    if type(conv) is not nn.Conv2d or not isinstance(norm, _FOLDABLE_NORMS):
+        return False
+    if getattr(norm, "running_mean", None) is None or getattr(norm, "running_var", None) is None:
+        return False  # BN without running statistics normalises with batch statistics even in eval
+    return conv.out_channels == norm.weight.numel() if norm.weight is not None else True
+
+
+def _owner_of_named_pairs(module: nn.Module) -> bool:
+    """Modules whose ``convK`` feeds only ``bnK``: our blocks/trunk and torchvision's ResNets."""
+    from torchvision.models import resnet as tv_resnet
+
+    from .blocks import ResidualBlock
+    from .trunk import ResNet
+
+    return isinstance(module, (ResidualBlock, ResNet, tv_resnet.BasicBlock, tv_resnet.Bottleneck, tv_resnet.ResNet))
+
+
+def _pairs(module: nn.Module) -> Iterator[tuple[nn.Module, str, nn.Module, str]]:
+    """``(conv_parent, conv_name, norm_parent, norm_name)`` for every foldable pair directly in ``module``."""
+    if isinstance(module, nn.Sequential):
+        names = list(module._modules)
+        for a, b in zip(names, names[1:]):
+            yield module, a, module, b
+    if _owner_of_named_pairs(module):
+        for conv_name, norm_name in _NAMED_PAIRS:
+            conv = getattr(module, conv_name, None)
+            if isinstance(conv, nn.Sequential) and len(conv) > 0:  # deep stem: its last conv feeds bn1
+                last = list(conv._modules)[-1]
+                yield conv, last, module, norm_name
+            elif conv is not None:
+                yield module, conv_name, module, norm_name
+        convs, norms = getattr(module, "convs", None), getattr(module, "bns", None)
+        if isinstance(convs, nn.ModuleList) and isinstance(norms, nn.ModuleList) and len(convs) == len(norms):
+            for i in range(len(convs)):
+                yield convs, str(i), norms, str(i)
+
+
+@torch.no_grad()
+def _fold(conv: nn.Conv2d, norm: nn.Module) -> nn.Conv2d:
+    """A new conv computing ``norm(conv(x))`` with eval-mode statistics."""
+    weight, bias = fuse_conv_bn_weights(
+        conv.weight,
+        conv.bias,
+        norm.running_mean,
+        norm.running_var,
+        norm.eps,
+        norm.weight if norm.weight is not None else torch.ones_like(norm.running_mean),
+        norm.bias if norm.bias is not None else torch.zeros_like(norm.running_mean),
+    )
+    fused = nn.Conv2d(
+        conv.in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        stride=conv.stride,
+        padding=conv.padding,
+        dilation=conv.dilation,
+        groups=conv.groups,
+        bias=True,
+        padding_mode=conv.padding_mode,
+        device=conv.weight.device,
+        dtype=conv.weight.dtype,
+    )
+    fused.weight.copy_(weight)
+    fused.bias.copy_(bias)
+    fused.weight.requires_grad_(conv.weight.requires_grad)
+    fused.bias.requires_grad_(conv.weight.requires_grad)
+    return fused
+
+
+def fold_batch_norms(model: nn.Module) -> int:
+    """Fold, in place, every batch norm (BN, SyncBN, FrozenBN) into the convolution feeding it.
+
+    The model must be in eval mode (folding uses the running statistics). Folded norms become
+    ``nn.Identity``; GroupNorm and norms after deformable convolutions stay. Returns the number of
+    folded pairs.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"fold_batch_norms expects an nn.Module; got {type(model).__name__}")
+    training = [m for m in model.modules() if isinstance(m, _FOLDABLE_NORMS) and m.training]
+    if training:
+        raise ValueError("fold_batch_norms needs the model in eval mode (call model.eval() first)")
+    folded = 0
+    for module in list(model.modules()):
+        for conv_parent, conv_name, norm_parent, norm_name in list(_pairs(module)):
+            conv = conv_parent._modules.get(conv_name)
+            norm = norm_parent._modules.get(norm_name)
+            if conv is None or norm is None or not _is_foldable(conv, norm):
+                continue
+            setattr(conv_parent, conv_name, _fold(conv, norm))
+            setattr(norm_parent, norm_name, nn.Identity())
+            folded += 1
+    return folded
+
+
+class FusedConv2d(nn.Conv2d):
+    """Inference convolution with its bias, an optional residual add and an optional ReLU fused.
+
+    ``forward(x, residual=None)`` computes ``act(conv(x) + bias [+ residual])``. On CPU, in fp32 and
+    without autograd, it runs as one oneDNN primitive with post-ops
+    (``torch.ops.mkldnn._convolution_pointwise``), which also avoids PyTorch's single-threaded
+    fallback for 1x1 convolutions and the extra passes over memory of a separate add and ReLU;
+    elsewhere (GPU, other dtypes, autograd, ``torch.compile``) it runs the same computation with
+    ``F.conv2d``. Its ``state_dict`` is that of ``nn.Conv2d``.
+    """
+
+    def __init__(self, *args, relu: bool = False, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.relu = relu
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d, *, relu: bool = False) -> "FusedConv2d":
+        """A fused conv sharing ``conv``'s weight and bias (no copy)."""
+        fused = cls(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            stride=conv.stride,
+            padding=conv.padding,
+            dilation=conv.dilation,
+            groups=conv.groups,
+            bias=conv.bias is not None,
+            padding_mode=conv.padding_mode,
+            device="meta",
+            relu=relu,
+        )
+        fused.weight = conv.weight
+        fused.bias = conv.bias
+        return fused
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + (", relu=True" if self.relu else "")
+
+    def _onednn(self, x: torch.Tensor, residual: torch.Tensor | None) -> bool:
+        return (
+            x.device.type == "cpu"
+            and x.dtype == torch.float32
+            and self.weight.dtype == torch.float32
+            and (residual is None or (residual.dtype == torch.float32 and residual.shape[1] == self.out_channels))
+            and self.padding_mode == "zeros"
+            and not isinstance(self.padding, str)
+            and torch.backends.mkldnn.is_available()
+            and torch.backends.mkldnn.enabled
+            and not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))
+            and not torch.compiler.is_compiling()
+        )
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
+        if self._onednn(x, residual):
+            args = (self.weight, self.bias, list(self.padding), list(self.stride), list(self.dilation), self.groups)
+            act = "relu" if self.relu else "none"
+            if residual is None:
+                return torch.ops.mkldnn._convolution_pointwise(x, *args, act, [], "")
+            return torch.ops.mkldnn._convolution_pointwise.binary(x, residual, *args, "add", None, act, [], "")
+        out = self._conv_forward(x, self.weight, self.bias)
+        if residual is not None:
+            out = out + residual
+        return F.relu(out) if self.relu else out
+
+
+def _plain_conv(module: nn.Module | None) -> bool:
+    return type(module) is nn.Conv2d
+
+
+def _folded(*norms: nn.Module | None) -> bool:
+    return all(isinstance(n, nn.Identity) for n in norms)
+
+
+def _fuse_block(block: nn.Module) -> bool:
+    """Fuse a residual block of this package whose norms are all folded (sets ``block.fused``)."""
+    from .blocks import BasicBlock, Bottle2neck, Bottleneck
+
+    if isinstance(block, BasicBlock):
+        inner, last = [("conv1", "bn1")], ("conv2", "bn2")
+    elif isinstance(block, Bottleneck):
+        inner, last = [("conv1", "bn1"), ("conv2", "bn2")], ("conv3", "bn3")
+    elif isinstance(block, Bottle2neck):
+        inner, last = [("conv1", "bn1")], ("conv3", "bn3")
+        if not all(_plain_conv(c) for c in block.convs) or not _folded(*block.bns):
+            return False
+    else:
+        return False
+    pairs = [*inner, last]
+    if not all(_plain_conv(getattr(block, c)) and _folded(getattr(block, n)) for c, n in pairs):
+        return False
+    for conv_name, _ in pairs:
+        setattr(block, conv_name, FusedConv2d.from_conv(getattr(block, conv_name), relu=True))
+    if isinstance(block, Bottle2neck):
+        for i, conv in enumerate(block.convs):
+            block.convs[i] = FusedConv2d.from_conv(conv, relu=True)
+    block.fused = True
+    return True
+
+
+def _fuse_sequential(seq: nn.Sequential) -> None:
+    """``Conv2d, [Identity...], ReLU`` -> ``FusedConv2d(relu=True), [Identity...], Identity``."""
+    names = list(seq._modules)
+    for i, name in enumerate(names):
+        if not _plain_conv(seq._modules[name]):
+            continue
+        j = i + 1
+        while j < len(names) and isinstance(seq._modules[names[j]], nn.Identity):
+            j += 1
+        relu = j < len(names) and type(seq._modules[names[j]]) is nn.ReLU
+        setattr(seq, name, FusedConv2d.from_conv(seq._modules[name], relu=relu))
+        if relu:
+            setattr(seq, names[j], nn.Identity())
+
+
+def fuse_activations(model: nn.Module) -> int:
+    """Replace, in place, convolutions by :class:`FusedConv2d` after :func:`fold_batch_norms`.
+
+    Fused are: the blocks of this package's trunks (conv + ReLU, and the last conv + residual add
+    + ReLU), the trunk's stem (conv + ReLU), and in any ``nn.Sequential`` a conv followed by a
+    ReLU (with only folded norms between); every other plain ``Conv2d`` becomes a ``FusedConv2d``
+    without activation (the same computation on the oneDNN path). Blocks with an unfolded norm
+    (GroupNorm) or a deformable conv are left alone. Returns the number of fused blocks.
+    """
+    from .trunk import ResNet
+
+    blocks = 0
+    for module in list(model.modules()):
+        if getattr(module, "fused", None) is False:
+            blocks += _fuse_block(module)
+        if isinstance(module, ResNet):
+            stem = module.conv1
+            owner, name = (stem, list(stem._modules)[-1]) if isinstance(stem, nn.Sequential) else (module, "conv1")
+            if _plain_conv(getattr(owner, name)) and _folded(module.bn1) and type(module.relu) is nn.ReLU:
+                setattr(owner, name, FusedConv2d.from_conv(getattr(owner, name), relu=True))
+                module.relu = nn.Identity()
+    for module in list(model.modules()):
+        if isinstance(module, nn.Sequential):
+            _fuse_sequential(module)
+    for module in list(model.modules()):
+        for name, child in list(module._modules.items()):
+            if _plain_conv(child):
+                setattr(module, name, FusedConv2d.from_conv(child))
+    return blocks
+
+
+def optimize_for_inference(
+    model: nn.Module, *, channels_last: bool = True, fold: bool = True, fuse: bool = True
+) -> nn.Module:
+    """Make ``model`` fast for inference, in place, and return it.
+
+    Puts it in eval mode, folds every batch norm into the conv feeding it (``fold``; see
+    :func:`fold_batch_norms`), fuses ReLUs and residual adds into the convolutions (``fuse``; see
+    :func:`fuse_activations`) and stores 4-D weights channels-last (``channels_last``), so oneDNN
+    and cuDNN pick their channels-last kernels. Inputs may stay NCHW-contiguous: the first conv's
+    output is channels-last and the format propagates from there; feature maps come out
+    channels-last with the same values as before (up to float rounding).
+
+    The result is for inference only: parameters get ``requires_grad=False`` and ``.train()``
+    would train a network without its norms. Folded norms become ``nn.Identity`` and their convs
+    gain a ``bias``, so the ``state_dict`` loses the ``bn*`` keys and gains ``conv*.bias``: load
+    checkpoints before calling this.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"optimize_for_inference expects an nn.Module; got {type(model).__name__}")
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    if fold:
+        fold_batch_norms(model)
+        if fuse:
+            fuse_activations(model)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model

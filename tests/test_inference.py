@@ -1,0 +1,133 @@
+"""``optimize_for_inference``: folded and fused models compute what the originals compute."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+from torchvision.ops import FrozenBatchNorm2d
+
+from backbones import TAPS, FusedConv2d, create_backbone, create_fpn_backbone, fold_batch_norms, optimize_for_inference
+from backbones.blocks import ResidualBlock
+from heads import build_detector, build_segmenter
+from tests.helpers import assert_close_rel, randomize_norms_
+
+FOLDABLE = (nn.BatchNorm2d, FrozenBatchNorm2d)
+
+
+def _optimized_pair(model: nn.Module) -> tuple[nn.Module, nn.Module]:
+    model = randomize_norms_(model).eval()
+    return model, optimize_for_inference(copy.deepcopy(model))
+
+
+@pytest.mark.parametrize(
+    "name, options",
+    [
+        ("resnet18", {}),  # basic blocks
+        ("resnet50", {"norm": "FrozenBN"}),  # bottleneck, FrozenBN folded too
+        ("resnext50_32x4d", {"output_stride": 16}),  # grouped, dilated
+        ("resnet50d", {}),  # deep stem + avg-pool shortcut
+        ("res2net50_26w_4s", {}),  # Res2Net
+        ("res2next50", {"output_stride": 8}),  # grouped Res2Net, dilated first blocks
+        ("res2net50_48w_2s", {"norm": "FrozenBN"}),
+    ],
+)
+def test_backbone_families_unchanged(name: str, options: dict):
+    ref, fast = _optimized_pair(create_backbone(name, out_features=TAPS, **options))
+    assert not any(isinstance(m, FOLDABLE) for m in fast.modules()), "a batch norm was left unfolded"
+    blocks = [m for m in fast.modules() if isinstance(m, ResidualBlock)]
+    assert blocks and all(b.fused for b in blocks)
+    assert not any(type(m) is nn.Conv2d for m in fast.modules()), "a conv was left unfused"
+    x = torch.randn(2, 3, 64, 80)
+    with torch.inference_mode():
+        expected, got = ref(x), fast(x)
+    assert list(got) == list(expected)
+    for tap in expected:
+        assert got[tap].is_contiguous(memory_format=torch.channels_last), f"{tap} is not channels-last"
+        assert_close_rel(got[tap], expected[tap], rtol=1e-5, what=f"{name} {tap}")
+
+
+@pytest.mark.parametrize("options", [{"norm": "GN"}, {"dcn_stages": (3, 4)}])
+def test_unfoldable_layers_are_left_alone(options: dict):
+    ref, fast = _optimized_pair(create_backbone("resnet50", out_features=("c3", "c5"), **options))
+    if "norm" in options:
+        assert sum(isinstance(m, nn.GroupNorm) for m in fast.modules()) == sum(
+            isinstance(m, nn.GroupNorm) for m in ref.modules()
+        )
+    else:
+        assert not fast.layer4[0].fused and fast.layer2[0].fused
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        expected, got = ref(x), fast(x)
+    for tap in expected:
+        assert_close_rel(got[tap], expected[tap], rtol=1e-5, what=tap)
+
+
+def test_fpn_backbone_unchanged():
+    ref, fast = _optimized_pair(create_fpn_backbone("resnet50", fpn_norm="BN"))
+    x = torch.randn(1, 3, 96, 64)
+    with torch.no_grad():
+        expected, got = ref(x), fast(x)
+    assert list(got) == list(expected)
+    for level in expected:
+        assert_close_rel(got[level], expected[level], rtol=1e-5, what=level)
+
+
+def test_detector_same_detections():
+    detector = build_detector(
+        "faster_rcnn", backbone="resnet18", num_classes=5, min_size=160, max_size=160,
+        backbone_options={"norm": "FrozenBN"}, box_score_thresh=0.0,
+    )
+    ref, fast = _optimized_pair(detector)
+    images = [torch.rand(3, 160, 128), torch.rand(3, 144, 160)]
+    with torch.inference_mode():
+        expected, got = ref(images), fast(images)
+    for e, g in zip(expected, got):
+        assert len(e["boxes"]) > 0
+        torch.testing.assert_close(g["boxes"], e["boxes"], rtol=0, atol=1e-3)
+        torch.testing.assert_close(g["scores"], e["scores"], rtol=0, atol=1e-4)
+        assert torch.equal(g["labels"], e["labels"])
+
+
+def test_segmenter_unchanged():
+    ref, fast = _optimized_pair(build_segmenter("deeplabv3plus", backbone="resnet18", num_classes=3, aux=True))
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        expected, got = ref(x), fast(x)
+    for key in ("out", "aux"):
+        assert_close_rel(got[key], expected[key], rtol=1e-5, what=key)
+
+
+def test_folded_state_dict_and_flags():
+    model = create_backbone("resnet18", out_features=("c2",))
+    keys = set(model.state_dict())
+    fast = optimize_for_inference(model)
+    assert fast is model and not fast.training
+    assert not any(p.requires_grad for p in fast.parameters())
+    new_keys = set(fast.state_dict())
+    assert "bn1.weight" in keys and not any(".bn" in k or k.startswith("bn") for k in new_keys)
+    assert "conv1.bias" in new_keys and "layer1.0.conv2.bias" in new_keys
+    assert fast.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_fused_conv_autograd_fallback():
+    conv = nn.Conv2d(4, 6, 3, padding=1)
+    fused = FusedConv2d.from_conv(conv, relu=True)
+    x = torch.randn(2, 4, 8, 8, requires_grad=True)
+    skip = torch.randn(2, 6, 8, 8)
+    fused(x, skip).sum().backward()
+    grad = x.grad.clone()
+    x.grad = None
+    torch.relu(conv(x) + skip).sum().backward()
+    torch.testing.assert_close(grad, x.grad)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x, skip), torch.relu(conv(x) + skip), rtol=1e-5, atol=1e-5)
+
+
+def test_bad_input():
+    with pytest.raises(TypeError, match="nn.Module"):
+        optimize_for_inference("resnet50")
+    with pytest.raises(ValueError, match="eval mode"):
+        fold_batch_norms(create_backbone("resnet18", out_features=("stem",)).train())
