@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
     add_checkpoint_arguments(parser)
-    parser.add_argument("--json", help="write the metrics to this JSON file")
+    parser.add_argument("--json", "--out", dest="json", help="write the metrics to this JSON file")
     args = parser.parse_args(argv)
     try:
         outcome = run_from_args(args)
