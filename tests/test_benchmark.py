@@ -1,0 +1,129 @@
+"""The benchmark tool: published FLOP counts, config validation, an end-to-end run with a failing row."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from backbones import create_backbone
+from tools.bench.config import BenchConfig, load_bench_config, validate_bench_config
+from tools.bench.measure import count_gmacs, summarize
+from tools.bench.report import markdown_table
+from tools.bench.runner import expand_rows, run_benchmark
+from tools.config.loader import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+REQUIRED = ("model", "input_size", "batch", "mode", "params", "gmacs", "latency_ms", "throughput",
+            "peak_mem_mb", "peer", "peer_throughput", "ratio")
+
+#: Published GMACs at 224x224 (torchvision / timm model cards); the classifier adds < 0.1%.
+PUBLISHED_GMACS = {"resnet50": 4.09, "resnet101": 7.80, "resnext50_32x4d": 4.23, "res2net50_26w_4s": 4.26}
+
+
+@pytest.mark.parametrize("name, published", PUBLISHED_GMACS.items())
+def test_flops_match_published(name: str, published: float):
+    model = create_backbone(name, out_features=("c5",)).to("meta")
+    x = torch.empty(1, 3, 224, 224, device="meta")
+    assert count_gmacs(lambda: model(x)) == pytest.approx(published, rel=0.01)
+
+
+def _config(**overrides) -> dict:
+    base = {"models": [{"model": "resnet18", "options": {"out_features": ["c3"]}}], "input_sizes": [32],
+            "batch_sizes": [1], "warmup": 0, "repeats": 1, "threads": 1}
+    base.update(overrides)
+    return base
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"models": [{"model": "resnet5O"}]}, r"models\.0.*unknown backbone 'resnet5O'; did you mean resnet50"),
+        ({"batch_sizes": [8, -1]}, r"batch_sizes: .*positive integers"),
+        ({"repeats": 0}, r"repeats: .*greater than or equal to 1"),
+        ({"models": [{"model": "faster_rcnn", "type": "detector"}]}, r"needs 'backbone'"),
+        ({"models": [{"model": "fastr_rcnn", "type": "detector", "backbone": "resnet50"}]}, r"unknown detector kind"),
+        ({"models": [{"model": "resnet50", "peers": [{"source": "timm", "name": "resnet5"}]}]}, r"unknown timm model"),
+        ({"mdoels": []}, r"mdoels: unknown key"),
+        ({"device": "gpu"}, r"device"),
+    ],
+)
+def test_bad_config_is_a_clear_error(overrides: dict, message: str):
+    with pytest.raises(ConfigError, match=message):
+        validate_bench_config(_config(**overrides), "test.yaml")
+
+
+def test_shipped_configs_load():
+    names = {p.stem for p in (REPO / "configs" / "bench").glob("*.yaml")}
+    assert {"backbones_cpu", "detectors_cpu", "backbones_gpu", "detectors_gpu"} <= names
+    for name in ("backbones_cpu", "detectors_cpu", "backbones_gpu", "detectors_gpu"):
+        config = load_bench_config(REPO / "configs" / "bench" / f"{name}.yaml")
+        assert expand_rows(config)
+    cpu = load_bench_config(REPO / "configs" / "bench" / "backbones_cpu.yaml", ["repeats=3"])
+    assert cpu.repeats == 3 and cpu.batch_sizes == [8] and cpu.input_sizes == [224]
+
+
+def test_summary_statistics():
+    stats = summarize([0.1, 0.2, 0.3, 0.4, 0.5], batch=4)
+    assert stats["latency_ms"] == pytest.approx(300.0)
+    assert stats["latency_p10_ms"] == pytest.approx(140.0) and stats["latency_p90_ms"] == pytest.approx(460.0)
+    assert stats["throughput"] == pytest.approx(4 / 0.3)
+
+
+def test_end_to_end_with_a_failing_row(tmp_path: Path):
+    """Two rows in fresh subprocesses: one measured next to its torchvision peer, one that fails."""
+    import yaml
+
+    from tools.benchmark import main
+
+    config = _config(
+        models=[
+            {"model": "resnet18", "options": {"out_features": ["c5"]},
+             "peers": [{"source": "torchvision", "name": "resnet18"}]},
+            {"model": "resnet18", "label": "broken", "options": {"output_stride": 5}},
+        ],
+        repeats=2,
+    )
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    out = tmp_path / "out"
+    assert main(["--config", str(path), "--output-dir", str(out), "--no-progress", "--set", "input_sizes=[48]"]) == 1
+
+    records = json.loads((out / "results.json").read_text())["results"]
+    assert [r["model"] for r in records] == ["resnet18", "broken"]
+    ok, broken = records
+    assert ok["status"] == "ok" and all(ok[k] is not None for k in REQUIRED)
+    assert ok["input_size"] == 48 and ok["params"] == 11_176_512
+    assert ok["peer"].startswith("torchvision:resnet18") and ok["ratio"] == pytest.approx(ok["throughput"] / ok["peer_throughput"])
+    assert ok["latency_p10_ms"] <= ok["latency_ms"] <= ok["latency_p90_ms"] and ok["peak_mem_mb"] > 0
+    assert broken["status"] == "error" and "output_stride" in broken["error"]
+
+    with open(out / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert set(REQUIRED) <= set(rows[0]) and [r["status"] for r in rows] == ["ok", "error"]
+    assert (out / "throughput_vs_gmacs.png").stat().st_size > 1000
+    table = (out / "results.md").read_text()
+    assert "| resnet18 | 48 | 1 | inference |" in table and "FAILED: ValueError" in table
+
+
+def test_train_step_in_process():
+    config = BenchConfig.model_validate(_config(mode="train_step", isolate=False, models=[
+        {"model": "resnet18", "options": {"out_features": ["c3"]}},
+        {"model": "fcos", "type": "detector", "backbone": "resnet18", "options": {"min_size": 64, "max_size": 64}},
+    ]))
+    records = run_benchmark(config, progress=False)
+    assert [r["status"] for r in records] == ["ok", "ok"], [r["error"] for r in records]
+    assert all(r["mode"] == "train_step" and not r["optimized"] and r["throughput"] > 0 for r in records)
+    assert "| train_step |" in markdown_table(records)
+
+
+def test_bad_config_file_exits_2(tmp_path: Path, capsys):
+    from tools.benchmark import main
+
+    path = tmp_path / "bad.yaml"
+    path.write_text("models: [{model: resnet50}]\nbatch_sizes: [-8]\n")
+    assert main(["--config", str(path)]) == 2
+    assert "batch_sizes" in capsys.readouterr().err
