@@ -131,3 +131,21 @@ def test_bad_input():
         optimize_for_inference("resnet50")
     with pytest.raises(ValueError, match="eval mode"):
         fold_batch_norms(create_backbone("resnet18", out_features=("stem",)).train())
+
+
+def test_unrequested_stages_cost_nothing():
+    """Stages deeper than the deepest requested tap are neither built nor run."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.empty(1, 3, 224, 224, device="meta")
+    macs = {}
+    for taps in (("stem",), ("c3",), ("c2", "c5")):
+        model = create_backbone("resnet50", out_features=taps).to("meta")
+        with FlopCounterMode(display=False) as counter:
+            model(x)
+        macs[taps] = counter.get_total_flops()
+        built = {name for name, _ in model.named_children()}
+        deepest = max(("stem", "c2", "c3", "c4", "c5").index(t) for t in taps)
+        assert built >= {f"layer{i}" for i in range(1, deepest + 1)}
+        assert not built & {f"layer{i}" for i in range(deepest + 1, 5)}
+    assert macs[("stem",)] < 0.1 * macs[("c3",)] < macs[("c2", "c5")]
