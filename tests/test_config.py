@@ -11,7 +11,7 @@ from tools.config import ConfigError, TrainConfig, config_to_yaml, load_config, 
 from tools.engine.tasks import build_detection_model, build_segmentation_model
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIGS = sorted(p for p in (REPO / "configs").glob("*/*.yaml"))
+CONFIGS = sorted(p for task in ("det", "seg") for p in (REPO / "configs" / task).glob("*.yaml"))
 #: trunks too big to build in the fast test set (built in the slow one)
 BIG = ("r101", "x101", "res2net101")
 

@@ -69,6 +69,15 @@ class RunResult:
     table: str = ""
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process plus its finished children (data-loader workers end each epoch):
+    the core-seconds training used, a load-independent measure of cost on a shared machine."""
+    import resource
+
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (all devices)."""
     random.seed(seed)
@@ -327,6 +336,7 @@ class Trainer:
                                 "total_iters": self.total_iters, "params": n_params,
                                 "train_images": len(self.train_ds), "val_images": len(self.val_ds)})
         smooth = SmoothedValues(t.log_every)
+        self._cpu0 = cpu_seconds()
         table = ""
         stopped = self._stop_requested() if self.global_iter else False
         progress = tqdm(total=self.total_iters, initial=self.global_iter, disable=not self.ctx.is_main,
@@ -354,6 +364,7 @@ class Trainer:
                             "type": "train", "epoch": self.epoch + 1, "iter": self.iter_in_epoch,
                             "global_iter": self.global_iter, "lr": self.optimizer.param_groups[0]["lr"],
                             "sec_per_iter": round(rate, 4),
+                            "cpu_seconds": round(cpu_seconds() - self._cpu0, 1),
                             "eta_s": round(rate * (self.total_iters - self.global_iter), 1), **vals})
                         progress.set_postfix_str(format_metrics(
                             {"ep": self.epoch, "lr": self.optimizer.param_groups[0]["lr"],
@@ -391,6 +402,7 @@ class Trainer:
                                  self.ctx.device)
             self.metrics.write({"type": "final", "epoch": self.epoch, "global_iter": self.global_iter,
                                 "train_seconds": round(self.train_seconds, 2),
+                                "cpu_seconds": round(cpu_seconds() - self._cpu0, 1),
                                 "best": self.best, **self.last_metrics})
         D.barrier()
         return RunResult(self.output_dir, dict(self.last_metrics), dict(self.best), self.global_iter,
