@@ -167,6 +167,8 @@ class FusedConv2d(nn.Conv2d):
         return super().extra_repr() + (", relu=True" if self.relu else "")
 
     def _onednn(self, x: torch.Tensor, residual: torch.Tensor | None) -> bool:
+        if torch.compiler.is_compiling():  # let the compiler fuse (and avoid a graph break)
+            return False
         return (
             x.device.type == "cpu"
             and x.dtype == torch.float32
@@ -177,7 +179,6 @@ class FusedConv2d(nn.Conv2d):
             and torch.backends.mkldnn.is_available()
             and torch.backends.mkldnn.enabled
             and not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))
-            and not torch.compiler.is_compiling()
         )
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
