@@ -18,6 +18,7 @@ and its conv gains a ``bias``, so the folded model's ``state_dict`` has no ``bn*
 
 from __future__ import annotations
 
+import copy
 from typing import Iterator
 
 import torch
@@ -275,9 +276,10 @@ def fuse_activations(model: nn.Module) -> int:
 
 
 def optimize_for_inference(
-    model: nn.Module, *, channels_last: bool = True, fold: bool = True, fuse: bool = True
+    model: nn.Module, *, channels_last: bool = True, fold: bool = True, fuse: bool = True, inplace: bool = True
 ) -> nn.Module:
-    """Make ``model`` fast for inference, in place, and return it.
+    """Make ``model`` fast for inference and return it (``model`` itself, or with ``inplace=False`` an
+    optimized deep copy, e.g. to evaluate during training and keep training the original).
 
     Puts it in eval mode, folds every batch norm into the conv feeding it (``fold``; see
     :func:`fold_batch_norms`), fuses ReLUs and residual adds into the convolutions (``fuse``; see
@@ -293,6 +295,8 @@ def optimize_for_inference(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"optimize_for_inference expects an nn.Module; got {type(model).__name__}")
+    if not inplace:
+        model = copy.deepcopy(model)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)

@@ -112,6 +112,13 @@ def test_folded_state_dict_and_flags():
     assert fast.conv1.weight.is_contiguous(memory_format=torch.channels_last)
 
 
+def test_copy_leaves_the_original_alone():
+    model = create_backbone("resnet18", out_features=("c2",)).train()
+    fast = optimize_for_inference(model, inplace=False)
+    assert fast is not model and model.training and isinstance(model.bn1, nn.BatchNorm2d)
+    assert all(p.requires_grad for p in model.parameters()) and isinstance(fast.bn1, nn.Identity)
+
+
 def test_fused_conv_autograd_fallback():
     conv = nn.Conv2d(4, 6, 3, padding=1)
     fused = FusedConv2d.from_conv(conv, relu=True)
