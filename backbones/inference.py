@@ -25,9 +25,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
-from torchvision.ops import FrozenBatchNorm2d
+from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign
 
-__all__ = ["FusedConv2d", "fold_batch_norms", "fuse_activations", "optimize_for_inference"]
+try:  # torchvision's level-scale inference; without it the fast RoI-align path stays off
+    from torchvision.ops.poolers import _setup_scales
+except ImportError:  # pragma: no cover
+    _setup_scales = None
+
+__all__ = [
+    "FusedConv2d",
+    "GatherMultiScaleRoIAlign",
+    "fold_batch_norms",
+    "fuse_activations",
+    "optimize_for_inference",
+    "roi_align_gather",
+]
 
 _FOLDABLE_NORMS = (nn.BatchNorm2d, nn.SyncBatchNorm, FrozenBatchNorm2d)
 #: Attribute pairs (conv, norm) of the blocks and trunks of this package and torchvision's ResNets.
@@ -275,15 +287,119 @@ def fuse_activations(model: nn.Module) -> int:
     return blocks
 
 
+# ------------------------------------------------------------------------------------ RoI-align
+def _roi_axis(start: torch.Tensor, bin_size: torch.Tensor, pooled: int, grid: int, size: int):
+    """Bilinear taps along one axis for every RoI: indices and weights of shape (K, pooled, grid, 2),
+    with torchvision's sample positions and border rules (outside [-1, size]: weight 0)."""
+    dtype, device = start.dtype, start.device
+    cell = torch.arange(pooled, device=device, dtype=dtype).repeat_interleave(grid)
+    sub = (torch.arange(grid, device=device, dtype=dtype) + 0.5).repeat(pooled)
+    pos = start[:, None] + cell[None] * bin_size[:, None] + sub[None] * (bin_size[:, None] / grid)
+    valid = (pos >= -1.0) & (pos <= size)
+    pos = pos.clamp(min=0.0)
+    low = pos.floor().long()
+    edge = low >= size - 1
+    low = low.clamp(max=size - 1)
+    high = torch.where(edge, low, low + 1)
+    frac = torch.where(edge, torch.zeros_like(pos), pos - low.to(dtype))
+    weights = torch.stack([1.0 - frac, frac], -1) * valid[..., None]
+    return torch.stack([low, high], -1).view(-1, pooled, grid, 2), weights.view(-1, pooled, grid, 2)
+
+
+def roi_align_gather(
+    features: torch.Tensor, rois: torch.Tensor, output_size: tuple[int, int], spatial_scale: float,
+    sampling_ratio: int, aligned: bool = False,
+) -> torch.Tensor:
+    """``torchvision.ops.roi_align`` for a fixed ``sampling_ratio > 0``, computed as one weighted
+    gather over the channels-last feature map (``F.embedding_bag``, multi-threaded and vectorised
+    over channels); returns ``(K, C, *output_size)`` in channels-last layout. The CPU kernel of
+    torchvision loops over channels with strided reads; this is an order of magnitude faster."""
+    n, c, h, w = features.shape
+    ph, pw = output_size
+    k, grid = rois.shape[0], sampling_ratio
+    offset = 0.5 if aligned else 0.0
+    boxes = rois[:, 1:5].to(features.dtype) * spatial_scale - offset
+    x1, y1, x2, y2 = boxes.unbind(1)
+    width, height = x2 - x1, y2 - y1
+    if not aligned:
+        width, height = width.clamp(min=1.0), height.clamp(min=1.0)
+    yi, yw = _roi_axis(y1, height / ph, ph, grid, h)
+    xi, xw = _roi_axis(x1, width / pw, pw, grid, w)
+    base = rois[:, 0].long() * (h * w)
+    # taps indexed (K, ph, pw, grid_y, grid_x, tap_y, tap_x)
+    index = base.view(k, 1, 1, 1, 1, 1, 1) + yi.view(k, ph, 1, grid, 1, 2, 1) * w + xi.view(k, 1, pw, 1, grid, 1, 2)
+    weight = yw.view(k, ph, 1, grid, 1, 2, 1) * xw.view(k, 1, pw, 1, grid, 1, 2) / (grid * grid)
+    table = features.permute(0, 2, 3, 1).reshape(n * h * w, c)  # a view when channels-last
+    taps = grid * grid * 4
+    out = F.embedding_bag(index.reshape(-1, taps), table, per_sample_weights=weight.reshape(-1, taps), mode="sum")
+    return out.view(k, ph, pw, c).permute(0, 3, 1, 2)
+
+
+class GatherMultiScaleRoIAlign(MultiScaleRoIAlign):
+    """``MultiScaleRoIAlign`` whose per-level RoI-align runs :func:`roi_align_gather` on the CPU
+    without autograd (same outputs up to float rounding); elsewhere it is torchvision's."""
+
+    @classmethod
+    def from_pool(cls, pool: MultiScaleRoIAlign) -> "GatherMultiScaleRoIAlign":
+        """The same pooler (levels, output size, sampling ratio, canonical scale and level)."""
+        new = cls(
+            pool.featmap_names, pool.output_size, pool.sampling_ratio,
+            canonical_scale=pool.canonical_scale, canonical_level=pool.canonical_level,
+        )
+        new.scales, new.map_levels = pool.scales, pool.map_levels
+        return new
+
+    def forward(self, x, boxes, image_shapes):  # type: ignore[override]
+        levels = [v for k, v in x.items() if k in self.featmap_names]
+        fast = (
+            self.sampling_ratio > 0
+            and not torch.compiler.is_compiling()
+            and not torch.jit.is_scripting()
+            and all(f.device.type == "cpu" and not (torch.is_grad_enabled() and f.requires_grad) for f in levels)
+        )
+        if not fast:
+            return super().forward(x, boxes, image_shapes)
+        if self.scales is None or self.map_levels is None:
+            self.scales, self.map_levels = _setup_scales(levels, image_shapes, self.canonical_scale, self.canonical_level)
+        rois = torch.cat([torch.cat([torch.full_like(b[:, :1], i), b], dim=1) for i, b in enumerate(boxes)], dim=0)
+        output_size = tuple(self.output_size)
+        if len(levels) == 1:
+            return roi_align_gather(levels[0], rois, output_size, self.scales[0], self.sampling_ratio)
+        which = self.map_levels(boxes)
+        first = levels[0]
+        result = first.new_zeros((rois.shape[0], *output_size, first.shape[1]))  # (K, ph, pw, C)
+        for level, (feature, scale) in enumerate(zip(levels, self.scales)):
+            index = torch.where(which == level)[0]
+            if index.numel():
+                pooled = roi_align_gather(feature, rois[index], output_size, scale, self.sampling_ratio)
+                result[index] = pooled.permute(0, 2, 3, 1).to(result.dtype)
+        return result.permute(0, 3, 1, 2)
+
+
+def _use_gather_roi_align(model: nn.Module) -> int:
+    if _setup_scales is None:  # pragma: no cover
+        return 0
+    replaced = 0
+    for module in list(model.modules()):
+        for name, child in list(module._modules.items()):
+            if type(child) is MultiScaleRoIAlign and child.sampling_ratio > 0:
+                setattr(module, name, GatherMultiScaleRoIAlign.from_pool(child))
+                replaced += 1
+    return replaced
+
+
 def optimize_for_inference(
-    model: nn.Module, *, channels_last: bool = True, fold: bool = True, fuse: bool = True, inplace: bool = True
+    model: nn.Module, *, channels_last: bool = True, fold: bool = True, fuse: bool = True, inplace: bool = True,
+    fast_roi_align: bool = True,
 ) -> nn.Module:
     """Make ``model`` fast for inference and return it (``model`` itself, or with ``inplace=False`` an
     optimized deep copy, e.g. to evaluate during training and keep training the original).
 
     Puts it in eval mode, folds every batch norm into the conv feeding it (``fold``; see
     :func:`fold_batch_norms`), fuses ReLUs and residual adds into the convolutions (``fuse``; see
-    :func:`fuse_activations`) and stores 4-D weights channels-last (``channels_last``), so oneDNN
+    :func:`fuse_activations`), runs the RoI-align of detectors' ``MultiScaleRoIAlign`` poolers as
+    a channels-last gather (``fast_roi_align``; see :class:`GatherMultiScaleRoIAlign`) and stores
+    4-D weights channels-last (``channels_last``), so oneDNN
     and cuDNN pick their channels-last kernels. Inputs may stay NCHW-contiguous: the first conv's
     output is channels-last and the format propagates from there; feature maps come out
     channels-last with the same values as before (up to float rounding).
@@ -304,6 +420,8 @@ def optimize_for_inference(
         fold_batch_norms(model)
         if fuse:
             fuse_activations(model)
+    if fast_roi_align:
+        _use_gather_roi_align(model)
     if channels_last:
         model.to(memory_format=torch.channels_last)
     return model

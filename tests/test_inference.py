@@ -91,6 +91,40 @@ def test_detector_same_detections():
         assert torch.equal(g["labels"], e["labels"])
 
 
+@pytest.mark.parametrize("sampling_ratio, aligned", [(2, False), (1, True), (3, False)])
+def test_gather_roi_align_matches_torchvision(sampling_ratio: int, aligned: bool):
+    from torchvision.ops import roi_align
+
+    from backbones.inference import roi_align_gather
+
+    features = torch.randn(2, 16, 20, 24).contiguous(memory_format=torch.channels_last)
+    corner = torch.rand(40, 2) * 120 - 10
+    size = torch.rand(40, 2) * 60
+    size[:4] = 0.2  # smaller than a pixel
+    rois = torch.cat([torch.randint(0, 2, (40, 1)).float(), corner, corner + size], dim=1)
+    rois[-1, 1:] = torch.tensor([150.0, 150.0, 170.0, 160.0])  # outside the map
+    expected = roi_align(features, rois, (7, 7), 0.125, sampling_ratio, aligned)
+    got = roi_align_gather(features, rois, (7, 7), 0.125, sampling_ratio, aligned)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_multiscale_pooler_swapped_and_equal():
+    from torchvision.ops import MultiScaleRoIAlign
+
+    from backbones.inference import GatherMultiScaleRoIAlign
+
+    pool = MultiScaleRoIAlign(["p2", "p3", "p4"], 7, 2)
+    holder = nn.ModuleDict({"pool": pool})
+    optimize_for_inference(holder)
+    assert isinstance(holder["pool"], GatherMultiScaleRoIAlign)
+    feats = {f"p{i}": torch.randn(2, 8, 128 // 2**i, 96 // 2**i) for i in (2, 3, 4)}
+    corner = torch.rand(2, 30, 2) * 60
+    boxes = [torch.cat([c, c + 4 + torch.rand(30, 2) * 60], dim=1) for c in corner]
+    shapes = [(128, 96), (120, 90)]
+    with torch.no_grad():
+        torch.testing.assert_close(holder["pool"](feats, boxes, shapes), pool(feats, boxes, shapes), rtol=1e-5, atol=1e-5)
+
+
 def test_segmenter_unchanged():
     ref, fast = _optimized_pair(build_segmenter("deeplabv3plus", backbone="resnet18", num_classes=3, aux=True))
     x = torch.randn(1, 3, 64, 64)
