@@ -125,7 +125,7 @@ def measure_row(config: BenchConfig, spec: ModelSpec, size: int, batch: int) -> 
     record.update(summarize(times.pop("ours"), batch))
     for label, latencies in times.items():
         stats = summarize(latencies, batch)
-        peer_info[label].update(latency_ms=stats["latency_ms"], throughput=stats["throughput"])
+        peer_info[label].update(stats)
     if peer_info:
         best = max(peer_info.values(), key=lambda p: p["throughput"])
         record.update(
