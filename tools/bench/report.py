@@ -10,8 +10,8 @@ from typing import Any, Sequence
 #: Scalar columns of results.csv, in order (results.json also has the per-peer list ``peers``).
 CSV_FIELDS = (
     "model", "type", "input_size", "batch", "mode", "dtype", "memory_format", "device", "optimized", "compiled",
-    "threads", "params", "gmacs", "latency_ms", "latency_p10_ms", "latency_p90_ms", "throughput", "peak_mem_mb",
-    "peer", "peer_throughput", "peer_latency_ms", "peer_gmacs", "ratio", "status", "error",
+    "threads", "params", "gmacs", "latency_ms", "latency_p10_ms", "latency_p90_ms", "latency_min_ms", "throughput",
+    "peak_mem_mb", "peer", "peer_throughput", "peer_latency_ms", "peer_gmacs", "ratio", "ratio_best", "status", "error",
 )
 
 

@@ -42,6 +42,7 @@ def base_record(config: BenchConfig, spec: ModelSpec, size: int, batch: int) -> 
         "latency_ms": None,
         "latency_p10_ms": None,
         "latency_p90_ms": None,
+        "latency_min_ms": None,
         "throughput": None,
         "peak_mem_mb": None,
         "peer": None,
@@ -49,6 +50,7 @@ def base_record(config: BenchConfig, spec: ModelSpec, size: int, batch: int) -> 
         "peer_latency_ms": None,
         "peer_gmacs": None,
         "ratio": None,
+        "ratio_best": None,
         "peers": [],
         "status": "ok",
         "error": None,
@@ -134,6 +136,8 @@ def measure_row(config: BenchConfig, spec: ModelSpec, size: int, batch: int) -> 
             peer_latency_ms=best["latency_ms"],
             peer_gmacs=best["gmacs"],
             ratio=record["throughput"] / best["throughput"],
+            # the same ratio from each model's fastest run (less sensitive to load on a shared machine)
+            ratio_best=min(p["latency_min_ms"] for p in peer_info.values()) / record["latency_min_ms"],
             peers=list(peer_info.values()),
         )
     return record
