@@ -3,7 +3,6 @@ checkpoints, metrics, DDP helpers, task adapters, checkpoint evaluation)."""
 
 from tools.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from tools.engine.data import DataRootError
-from tools.engine.evaluate import EvalOutcome, evaluate_checkpoint
 from tools.engine.optim import build_optimizer, parameter_groups, scaled_lr
 from tools.engine.schedule import build_scheduler, lr_factor_fn
 from tools.engine.trainer import NonFiniteLossError, RunResult, Trainer, train
@@ -13,3 +12,12 @@ __all__ = [
     "build_optimizer", "build_scheduler", "evaluate_checkpoint", "load_checkpoint", "lr_factor_fn",
     "parameter_groups", "save_checkpoint", "scaled_lr", "train",
 ]
+
+
+def __getattr__(name: str):
+    # lazy, so that ``python -m tools.engine.evaluate`` does not import the module twice
+    if name in ("EvalOutcome", "evaluate_checkpoint"):
+        from tools.engine import evaluate
+
+        return getattr(evaluate, name)
+    raise AttributeError(f"module 'tools.engine' has no attribute {name!r}")
