@@ -71,6 +71,9 @@ class ModelSpec(_Section):
     options: dict[str, Any] = Field(default_factory=dict, description="builder keyword arguments")
     optimize: bool = Field(default=True, description="apply backbones.optimize_for_inference (inference mode only)")
     compile: bool = Field(default=False, description="torch.compile the model (after optimizing)")
+    memory_format: Literal["contiguous", "channels_last"] | None = Field(
+        default=None, description="override the config's memory_format for this model"
+    )
     peers: list[PeerSpec] = Field(default_factory=list)
     input_sizes: list[int] | None = Field(default=None, description="override the config's input_sizes")
     batch_sizes: list[int] | None = Field(default=None, description="override the config's batch_sizes")

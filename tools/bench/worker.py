@@ -32,7 +32,7 @@ def base_record(config: BenchConfig, spec: ModelSpec, size: int, batch: int) -> 
         "batch": batch,
         "mode": config.mode,
         "dtype": config.dtype,
-        "memory_format": config.memory_format,
+        "memory_format": spec.memory_format or config.memory_format,
         "device": config.device,
         "optimized": spec.optimize and config.mode == "inference",
         "compiled": spec.compile,
@@ -76,7 +76,7 @@ def measure_row(config: BenchConfig, spec: ModelSpec, size: int, batch: int) -> 
         torch.set_num_threads(config.threads)
     record["threads"] = torch.get_num_threads()
     device, dtype = torch.device(config.device), DTYPES[config.dtype]
-    ours_format = MEMORY_FORMATS[config.memory_format]
+    ours_format = MEMORY_FORMATS[spec.memory_format or config.memory_format]
     peer_seed = lambda k: config.seed + 1000 * (k + 1)  # noqa: E731  a peer rebuilt later gets the same weights
 
     torch.manual_seed(config.seed)
@@ -95,7 +95,7 @@ def measure_row(config: BenchConfig, spec: ModelSpec, size: int, batch: int) -> 
     if config.mode == "inference" and spec.optimize:
         from backbones import optimize_for_inference
 
-        optimize_for_inference(ours, channels_last=config.memory_format == "channels_last")
+        optimize_for_inference(ours, channels_last=ours_format == torch.channels_last)
     ours = _prepare(ours, config, device, ours_format)
     if spec.compile:
         ours = torch.compile(ours)
