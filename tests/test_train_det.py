@@ -37,7 +37,7 @@ def tiny_overrides(root: Path, epochs: int = 2) -> list[str]:
         "model.options.rpn_post_nms_top_n_train=50", "model.options.rpn_pre_nms_top_n_test=50",
         "model.options.rpn_post_nms_top_n_test=20", "model.options.box_batch_size_per_image=32",
         f"train.epochs={epochs}", "train.eval_every=1", "train.log_every=1", "train.checkpoint_every_iters=1",
-        "train.num_threads=1", "schedule.warmup_iters=2", "eval.visualize=2",
+        "train.num_threads=1", "train.amp=none", "schedule.warmup_iters=2", "eval.visualize=2",
     ]
 
 

@@ -27,7 +27,7 @@ def tiny_overrides(root: Path, epochs: int = 2) -> list[str]:
         "data.batch_size=2", "data.num_workers=0", "data.seg_aug.base_size=64", "data.seg_aug.crop_size=48",
         "model.options.aspp_channels=16", "model.options.low_level_channels=8", "model.aux=true",
         f"train.epochs={epochs}", "train.eval_every=1", "train.log_every=1", "train.checkpoint_every_iters=1",
-        "train.num_threads=1", "schedule.warmup_iters=2", "eval.visualize=2",
+        "train.num_threads=1", "train.amp=none", "schedule.warmup_iters=2", "eval.visualize=2",
     ]
 
 
@@ -100,3 +100,11 @@ def test_wrong_type_from_the_cli(tmp_path: Path, capsys) -> None:
     assert cli_main("seg", ["--set", "data.batch_size=eight", "--output-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "data.batch_size" in err and "'eight'" in err and "--set" in err
+
+
+def test_bf16_autocast_on_cpu_trains(shapes_root: Path, tmp_path: Path) -> None:
+    cfg = load_config(DEMO, tiny_overrides(shapes_root, epochs=1) + ["train.amp=bf16", "train.eval_every=1"])
+    result = train(cfg, tmp_path / "run")
+    trains = [r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if r["type"] == "train"]
+    assert len(trains) == 4 and all(0 < r["loss"] < 100 for r in trains)
+    assert 0.0 <= result.metrics["seg/mIoU"] <= 1.0
