@@ -1,7 +1,10 @@
-"""Evaluate a COCO results JSON against a ground-truth JSON (bbox or segm AP, per-class AP).
+"""Evaluate a COCO results JSON against a ground-truth JSON (bbox or segm AP, per-class AP),
+or a trained checkpoint on a dataset split.
 
     python tools/eval_coco.py --gt instances_val2017.json --results results.json \
         [--iou-type bbox|segm] [--backend pycocotools|faster_coco_eval] [--out metrics.json]
+    python tools/eval_coco.py --checkpoint runs/det/<run>/best.pth [--config c.yaml] [--set k=v] \
+        [--split val2017] [--data-root DIR] [--out metrics.json]
 """
 
 from __future__ import annotations
@@ -68,23 +71,63 @@ def evaluate_results_file(gt: str, results: str, iou_type: str = "bbox",
     }
 
 
+def _write_json(path: str, metrics: dict[str, Any]) -> None:
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(out.suffix + ".tmp")
+    tmp.write_text(json.dumps(_clean(metrics), indent=2), encoding="utf-8")
+    os.replace(tmp, out)
+    print(f"wrote {out}")
+
+
+def evaluate_checkpoint_args(args: argparse.Namespace) -> int:
+    """``--checkpoint`` mode: build the checkpoint's model (its saved config, or ``--config``),
+    evaluate it on a split with the training engine's evaluation, print and write the metrics."""
+    from tools.config.loader import ConfigError
+    from tools.engine.checkpoint import CheckpointError
+    from tools.engine.data import DataRootError
+    from tools.engine.distributed import cleanup_distributed
+    from tools.engine.evaluate import run_from_args
+
+    try:
+        outcome = run_from_args(args)
+    except (ConfigError, CheckpointError, DataRootError, CocoFormatError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        cleanup_distributed()
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(outcome.table)
+        if args.out:
+            _write_json(args.out, {"checkpoint": str(args.checkpoint), "metrics": outcome.metrics,
+                                   "table": outcome.table, "versions": _versions("pycocotools")})
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--gt", required=True, help="COCO ground-truth annotation JSON")
+    parser.add_argument("--gt", help="COCO ground-truth annotation JSON")
     parser.add_argument("--results", help="COCO results JSON (list of detections)")
     parser.add_argument("--iou-type", default="bbox", choices=["bbox", "segm"])
     parser.add_argument("--backend", default="pycocotools", choices=list(BACKENDS))
     parser.add_argument("--out", help="write the metrics JSON here")
     parser.add_argument("--lenient", action="store_true",
                         help="drop (and report) results with unknown image/category ids instead of failing")
-    parser.add_argument("--checkpoint", help=argparse.SUPPRESS)
+    model = parser.add_argument_group("checkpoint mode (evaluate a trained model on a dataset split)")
+    model.add_argument("--checkpoint", help="training checkpoint (best.pth / last.pth)")
+    model.add_argument("--config", help="config YAML (default: the config saved in the checkpoint)")
+    model.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="config override (repeatable)")
+    model.add_argument("--split", help="split to evaluate (default: the config's data.val_split)")
+    model.add_argument("--data-root", help="COCO-layout dataset folder (default: the config's data.root)")
     args = parser.parse_args(argv)
     if args.checkpoint:
-        parser.error("--checkpoint evaluation needs the training tool's config system; run the model "
-                     "with the training tool to write a results JSON, then pass it with --results")
-    if not args.results:
-        parser.error("--results is required")
+        if args.gt or args.results:
+            parser.error("--checkpoint evaluates a model on a dataset split; it takes no --gt/--results")
+        return evaluate_checkpoint_args(args)
+    if not args.gt or not args.results:
+        parser.error("give --gt and --results (a results JSON), or --checkpoint (a trained model)")
     try:
         metrics = evaluate_results_file(args.gt, args.results, args.iou_type, args.backend,
                                         strict=not args.lenient)
@@ -93,12 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(metrics["table"])
     if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(out.suffix + ".tmp")
-        tmp.write_text(json.dumps(_clean(metrics), indent=2), encoding="utf-8")
-        os.replace(tmp, out)
-        print(f"wrote {out}")
+        _write_json(args.out, metrics)
     return 0
 
 

@@ -56,7 +56,13 @@ def test_eval_coco_errors(small_eval, tmp_path, capsys):
     assert "bad.json: malformed JSON" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         eval_coco.main(["--gt", str(gt), "--checkpoint", "x.pt"])
-    assert "training tool" in capsys.readouterr().err
+    assert "takes no --gt/--results" in capsys.readouterr().err
+    assert eval_coco.main(["--checkpoint", str(tmp_path / "x.pt")]) == 2
+    err = capsys.readouterr().err
+    assert "checkpoint not found" in err and "x.pt" in err
+    with pytest.raises(SystemExit):
+        eval_coco.main(["--gt", str(gt)])
+    assert "give --gt and --results" in capsys.readouterr().err
 
 
 def test_scripts_run_as_files(small_eval, tmp_path, shapes_dataset):
