@@ -8,7 +8,8 @@ from torch import nn
 
 @torch.no_grad()
 def randomize_norms_(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Give every norm layer random affine parameters and running statistics.
+    """Give every norm layer random affine parameters and running statistics, and every conv
+    bias random values.
 
     Default initialisation (and timm's zero-init of the last BN) would make many comparisons
     vacuous: a zero scale hides whatever its branch computes.
@@ -22,6 +23,8 @@ def randomize_norms_(model: nn.Module, seed: int = 0) -> nn.Module:
             if getattr(m, "running_mean", None) is not None:
                 m.running_mean.copy_(torch.randn(n, generator=gen) * 0.1)
                 m.running_var.copy_(torch.rand(n, generator=gen) * 0.5 + 0.75)
+        elif isinstance(m, nn.Conv2d) and m.bias is not None:
+            m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.1)
     return model
 
 

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
-from backbones import TAPS, UnknownBackboneError, create_backbone, list_backbones, load_weights
+from backbones import UnknownBackboneError, create_backbone, list_backbones, load_weights
 from backbones.blocks import ResidualBlock
 from tests.helpers import assert_close_rel, randomize_norms_
 

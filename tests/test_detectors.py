@@ -16,24 +16,7 @@ from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign
 
 from backbones import UnknownBackboneError, WeightsMismatchError, create_fpn_backbone
 from heads import build_detector, load_torchvision_weights
-
-torch.set_num_threads(1)
-
-
-def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Random norm statistics/affines and conv biases, so that a parity check is not vacuous."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, (nn.BatchNorm2d, FrozenBatchNorm2d)):
-                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
-            if isinstance(m, (nn.BatchNorm2d, FrozenBatchNorm2d, nn.GroupNorm)):
-                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
-            if isinstance(m, nn.Conv2d) and m.bias is not None:
-                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
-    return model
+from tests.helpers import randomize_norms_ as randomize_
 
 
 def images(n: int = 2, size: int = 160, seed: int = 0) -> list[torch.Tensor]:

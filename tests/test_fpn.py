@@ -7,30 +7,12 @@ import torch
 from torch import nn
 from torchvision.models import resnet50
 from torchvision.models.detection.backbone_utils import BackboneWithFPN, resnet_fpn_backbone
-from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 from backbones import FeatureInfo, FPNBackbone, create_backbone, create_fpn_backbone
-
-torch.set_num_threads(1)
+from tests.helpers import randomize_norms_ as randomize_
 
 TV_NAMES = {"0": "p2", "1": "p3", "2": "p4", "3": "p5", "pool": "p6"}
-
-
-def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Random norm statistics/affines and conv biases, so that a parity check is not vacuous."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, (nn.BatchNorm2d, FrozenBatchNorm2d)):
-                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
-            if isinstance(m, (nn.BatchNorm2d, FrozenBatchNorm2d, nn.GroupNorm)):
-                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
-            if isinstance(m, nn.Conv2d) and m.bias is not None:
-                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
-    return model
 
 
 def _compare(ours: FPNBackbone, reference: nn.Module, names: dict[str, str], size: int = 96) -> None:
