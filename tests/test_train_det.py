@@ -72,6 +72,14 @@ def test_tiny_run_writes_the_run_folder(shapes_root: Path, tmp_path: Path) -> No
     assert state["config"]["model"]["kind"] == "faster_rcnn"
     assert result.metrics["bbox/AP"] == evals[-1]["bbox/AP"] and result.png == out / "predictions.png"
 
+    # eval_coco.py's checkpoint mode rebuilds the model from the saved config and gets the same AP.
+    from tools import eval_coco
+
+    metrics_file = tmp_path / "metrics.json"
+    assert eval_coco.main(["--checkpoint", str(out / "last.pth"), "--out", str(metrics_file)]) == 0
+    written = json.loads(metrics_file.read_text())
+    assert written["metrics"]["bbox/AP"] == pytest.approx(evals[-1]["bbox/AP"], abs=1e-12)
+
 
 def _three_class_copy(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
