@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from backbones import optimize_for_inference
 from tools.config.loader import validate_config
 from tools.config.schema import TrainConfig
 from tools.data import CategoryMap
@@ -71,7 +72,7 @@ def evaluate_checkpoint(
             val_ds.category_map = saved
     model = task.build_model(task.category_map.num_classes)
     model.load_state_dict(state["model"])
-    model.to(ctx.device)
+    model = optimize_for_inference(model.to(ctx.device))  # after loading: folding renames norm keys
     loader = build_eval_loader(val_ds, cfg.data, ctx, task.collate)
     metrics, table = task.evaluate(model, loader, ctx)
     return EvalOutcome(metrics, table)

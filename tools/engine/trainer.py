@@ -25,7 +25,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from backbones import load_matching, read_state_dict
+from backbones import load_matching, optimize_for_inference, read_state_dict
 from tools.config.loader import config_to_yaml
 from tools.config.schema import TrainConfig
 from tools.engine import distributed as D
@@ -307,7 +307,9 @@ class Trainer:
     def evaluate(self) -> tuple[dict[str, float], str]:
         """Evaluate on the validation split (all ranks take part); logs on rank 0."""
         start = time.time()
-        metrics, table = self.task.evaluate(self.model_without_ddp, self.val_loader, self.ctx)
+        # The fast inference path (folded norms, fused convs) on a copy; training weights stay as they are.
+        fast_model = optimize_for_inference(self.model_without_ddp, inplace=False)
+        metrics, table = self.task.evaluate(fast_model, self.val_loader, self.ctx)
         self.last_metrics = metrics
         if self.ctx.is_main:
             record = {"type": "eval", "epoch": self.epoch, "global_iter": self.global_iter,
@@ -400,7 +402,8 @@ class Trainer:
             self.save(*names)
         png = None
         if self.ctx.is_main:
-            png = self.task.draw(self.model_without_ddp, self.val_ds, self.output_dir / PNG_NAME,
+            fast_model = optimize_for_inference(self.model_without_ddp, inplace=False)
+            png = self.task.draw(fast_model, self.val_ds, self.output_dir / PNG_NAME,
                                  self.ctx.device)
             self.metrics.write({"type": "final", "epoch": self.epoch, "global_iter": self.global_iter,
                                 "train_seconds": round(self.train_seconds, 2),
