@@ -101,6 +101,15 @@ def test_missing_required_and_task_kind_mismatch(tmp_path: Path) -> None:
         load_config(write(tmp_path / "k.yaml", "task: seg\nmodel:\n  kind: faster_rcnn\n"))
 
 
+def test_time_horizon_needs_a_time_limit(base_tree: Path) -> None:
+    with pytest.raises(ConfigError, match="time_limit_s"):
+        load_config(base_tree, ["schedule.horizon=time"])
+    cfg = load_config(base_tree, ["schedule.horizon=time", "train.time_limit_s=60"])
+    assert cfg.schedule.horizon == "time"
+    with pytest.raises(ConfigError, match="horizon"):
+        load_config(base_tree, ["schedule.horizon=epochs"])
+
+
 def test_set_into_a_value_is_an_error(base_tree: Path) -> None:
     with pytest.raises(ConfigError, match="is a value, not a section"):
         load_config(base_tree, ["optim.lr.x=1"])

@@ -88,6 +88,21 @@ def test_decaying_schedules_reach_the_floor(name: str) -> None:
         assert values[50] == pytest.approx(0.1 + 0.9 * 0.5 ** 0.9)
 
 
+def test_time_horizon_decays_over_the_time_budget() -> None:
+    cfg = ScheduleConfig(name="cosine", horizon="time", warmup_iters=0)
+    spent = {"fraction": 0.0}
+    f = lr_factor_fn(cfg, iters_per_epoch=10, total_iters=1000, time_progress=lambda: spent["fraction"])
+    assert f(10) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.01)))  # iterations lead
+    spent["fraction"] = 0.5
+    assert f(10) == pytest.approx(0.5)  # half the budget spent: half-way down the cosine
+    spent["fraction"] = 1.0
+    assert f(20) == pytest.approx(0.0)
+    iters_only = lr_factor_fn(ScheduleConfig(name="cosine", warmup_iters=0), 10, 1000, lambda: 1.0)
+    assert iters_only(10) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.01)))  # clock ignored
+    with pytest.raises(ValueError, match="time budget"):
+        lr_factor_fn(cfg, iters_per_epoch=10, total_iters=1000)
+
+
 def test_scheduler_steps_per_iteration_and_restores() -> None:
     model = Toy()
     opt = build_optimizer(model, OptimConfig(lr=0.1, base_batch_size=None), batch_size=1)

@@ -125,6 +125,43 @@ def test_multiscale_pooler_swapped_and_equal():
         torch.testing.assert_close(holder["pool"](feats, boxes, shapes), pool(feats, boxes, shapes), rtol=1e-5, atol=1e-5)
 
 
+def test_gather_pooler_trains_like_torchvision():
+    """In training the gather RoI-align gives torchvision's outputs and feature gradients; under
+    bf16 autocast it samples in float32 (as torchvision's autocast rule) and returns bf16."""
+    from torchvision.ops import MultiScaleRoIAlign
+
+    from backbones.inference import GatherMultiScaleRoIAlign, use_gather_roi_align
+
+    pool = MultiScaleRoIAlign(["p2", "p3", "p4"], 7, 2)
+    holder = nn.ModuleDict({"pool": MultiScaleRoIAlign(["p2", "p3", "p4"], 7, 2)})
+    assert use_gather_roi_align(holder) == 1 and isinstance(holder["pool"], GatherMultiScaleRoIAlign)
+    corner = torch.rand(2, 30, 2) * 60
+    boxes = [torch.cat([c, c + 2 + torch.rand(30, 2) * 60], dim=1) for c in corner]
+    shapes = [(128, 96), (120, 90)]
+    upstream = torch.randn(60, 8, 7, 7)
+
+    def run(module, dtype=None):
+        feats = {f"p{i}": torch.randn(2, 8, 128 // 2**i, 96 // 2**i, generator=torch.Generator().manual_seed(i),
+                                      requires_grad=True) for i in (2, 3, 4)}
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype is not None):
+            inputs = {k: v.to(dtype) if dtype else v for k, v in feats.items()}
+            out = module(inputs, boxes, shapes)
+        (out.float() * upstream).sum().backward()
+        # a level no RoI maps to gets no gradient (None here, zeros from torchvision)
+        return out, [torch.zeros_like(v) if v.grad is None else v.grad for _, v in sorted(feats.items())]
+
+    expected, expected_grads = run(pool)
+    got, got_grads = run(holder["pool"])
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    for g, e in zip(got_grads, expected_grads):
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)
+    expected_bf16, _ = run(pool, torch.bfloat16)
+    got_bf16, got_bf16_grads = run(holder["pool"], torch.bfloat16)
+    assert got_bf16.dtype == expected_bf16.dtype == torch.bfloat16
+    torch.testing.assert_close(got_bf16.float(), expected_bf16.float(), rtol=1e-2, atol=1e-2)
+    assert all(torch.isfinite(g).all() for g in got_bf16_grads) and sum(g.abs().sum() for g in got_bf16_grads) > 0
+
+
 def test_segmenter_unchanged():
     ref, fast = _optimized_pair(build_segmenter("deeplabv3plus", backbone="resnet18", num_classes=3, aux=True))
     x = torch.randn(1, 3, 64, 64)

@@ -3,6 +3,8 @@ with a batch of one, the training loss and its gradients, and clear errors on ba
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -174,6 +176,26 @@ def test_loss_ignores_ignore_index_pixels():
     assert none_labelled.item() == 0.0 and torch.isfinite(out.grad).all()
     custom = segmentation_loss({"out": out}, torch.zeros(1, 4, 4, dtype=torch.long), ignore_index=0)["loss"]
     assert custom.item() == 0.0
+
+
+def test_hard_pixel_fraction_averages_the_hardest_labelled_pixels():
+    out = torch.randn(2, 3, 5, 5, requires_grad=True)
+    target = torch.randint(0, 3, (2, 5, 5))
+    target[0, :2] = 255
+    per_pixel = F.cross_entropy(out, target, ignore_index=255, reduction="none")[target != 255]
+    k = math.ceil(0.2 * per_pixel.numel())
+    expected = per_pixel.sort(descending=True).values[:k].mean()
+    loss = segmentation_loss({"out": out}, target, hard_pixel_fraction=0.2)["loss"]
+    torch.testing.assert_close(loss, expected)
+    loss.backward()
+    assert int((out.grad.abs().sum(1) > 0).sum()) == k  # only the hardest pixels get gradient
+    full = segmentation_loss({"out": out}, target, hard_pixel_fraction=1.0)["loss"]
+    torch.testing.assert_close(full, F.cross_entropy(out, target, ignore_index=255))
+    none_labelled = segmentation_loss({"out": out}, torch.full((2, 5, 5), 255), hard_pixel_fraction=0.2)
+    assert none_labelled["loss"].item() == 0.0
+    for bad in (0.0, 1.5, True):
+        with pytest.raises(ValueError, match="hard_pixel_fraction"):
+            segmentation_loss({"out": out}, target, hard_pixel_fraction=bad)
 
 
 def test_gradients_reach_decoder_and_unfrozen_trunk_only():

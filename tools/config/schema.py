@@ -69,6 +69,10 @@ class ModelConfig(Section):
     output_stride: Literal[8, 16] = Field(default=16, description="DeepLab output stride")
     aux: bool = Field(default=False, description="DeepLab auxiliary FCN head on c4")
     aux_weight: float = Field(default=0.5, ge=0.0)
+    hard_pixel_fraction: float = Field(
+        default=1.0, gt=0.0, le=1.0,
+        description="DeepLab loss over only the hardest fraction of labelled pixels (1.0: all)",
+    )
     ignore_index: int = 255
     options: dict[str, Any] = Field(
         default_factory=dict,
@@ -158,6 +162,11 @@ class ScheduleConfig(Section):
     """Learning-rate schedule, evaluated every iteration."""
 
     name: Literal["step", "cosine", "poly", "constant"] = "step"
+    horizon: Literal["iters", "time"] = Field(
+        default="iters",
+        description="cosine/poly decay over the planned iterations, or over train.time_limit_s "
+        "(whichever fraction is larger), so a time-budgeted run ends fully decayed on any machine",
+    )
     milestones: list[int] = Field(default_factory=lambda: [8, 11], description="epochs (step)")
     gamma: float = Field(default=0.1, gt=0.0)
     power: float = Field(default=0.9, gt=0.0, description="poly exponent")
@@ -196,6 +205,16 @@ class TrainLoopConfig(Section):
     )
     eval_every: int = Field(default=1, ge=1, description="evaluate every N epochs (and at the end)")
     num_threads: int | None = Field(default=None, ge=1, description="torch CPU threads per process")
+    channels_last: bool = Field(
+        default=False,
+        description="train with channels-last weights and activations (faster oneDNN/cuDNN convs, "
+        "notably in bf16 on CPU); checkpoints are unaffected",
+    )
+    fast_roi_align: bool = Field(
+        default=True,
+        description="detectors: RoI-align as a vectorised gather on CPU (backbones.use_gather_roi_align; "
+        "same values up to float rounding, ~3x faster backward); false keeps torchvision's kernel",
+    )
 
 
 class EvalConfig(Section):
@@ -228,6 +247,8 @@ class TrainConfig(Section):
             raise ValueError(
                 f"model.kind {self.model.kind!r} is not a {self.task} model; choose one of {kinds}"
             )
+        if self.schedule.horizon == "time" and self.train.time_limit_s is None:
+            raise ValueError("schedule.horizon 'time' needs train.time_limit_s (the budget to decay over)")
         return self
 
     @property

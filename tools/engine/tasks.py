@@ -284,7 +284,8 @@ class SegmentationTask(Task):
         images, masks = batch
         out = model(images.to(device))
         losses = segmentation_loss(out, masks.to(device), ignore_index=self.cfg.model.ignore_index,
-                                   aux_weight=self.cfg.model.aux_weight)
+                                   aux_weight=self.cfg.model.aux_weight,
+                                   hard_pixel_fraction=self.cfg.model.hard_pixel_fraction)
         losses.pop("loss")
         return losses
 

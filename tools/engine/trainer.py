@@ -26,6 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from backbones import load_matching, optimize_for_inference, read_state_dict
+from backbones.inference import use_gather_roi_align
 from tools.config.loader import config_to_yaml
 from tools.config.schema import TrainConfig
 from tools.engine import distributed as D
@@ -161,9 +162,13 @@ class Trainer:
         model = self.task.build_model(self.num_classes)
         if cfg.model.weights:
             load_model_weights(model, cfg.model.weights)
+        if t.fast_roi_align:
+            use_gather_roi_align(model)  # CPU only; CUDA keeps torchvision's kernel
         if t.sync_bn and self.ctx.distributed:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model.to(self.ctx.device)
+        if t.channels_last:
+            model.to(memory_format=torch.channels_last)
         self.model_without_ddp = model
         if self.ctx.distributed:
             ids = [self.ctx.device.index] if self.ctx.device.type == "cuda" else None
@@ -179,16 +184,17 @@ class Trainer:
         self.total_iters = t.epochs * self.iters_per_epoch
         if t.max_iters is not None:
             self.total_iters = min(self.total_iters, t.max_iters)
+        self.train_seconds = 0.0  # before the scheduler: a time-horizon schedule reads it
         self.optimizer = build_optimizer(self.model_without_ddp, cfg.optim, cfg.data.batch_size,
                                          self.task.trunk_prefixes)
-        self.scheduler = build_scheduler(self.optimizer, cfg.schedule, self.iters_per_epoch, self.total_iters)
+        self.scheduler = build_scheduler(self.optimizer, cfg.schedule, self.iters_per_epoch, self.total_iters,
+                                         self._time_progress if t.time_limit_s else None)
         use_scaler = t.amp == "fp16" and self.ctx.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
 
         self.epoch = 0
         self.iter_in_epoch = 0
         self.global_iter = 0
-        self.train_seconds = 0.0
         self.best: dict[str, Any] = {"metric": cfg.best_metric, "value": None, "epoch": None}
         self.last_metrics: dict[str, float] = {}
         self.metrics = JsonlWriter(self.output_dir / METRICS_NAME if self.ctx.is_main else None)
@@ -199,6 +205,10 @@ class Trainer:
                               json.dumps(self.task.category_map.to_dict(), indent=1))
         if resume:
             self._resume(Path(resume) if isinstance(resume, str) else self.output_dir / LAST)
+
+    def _time_progress(self) -> float:
+        """Spent fraction of ``train.time_limit_s`` (the same on every rank: rank 0's clock)."""
+        return min(self.train_seconds / self.cfg.train.time_limit_s, 1.0)
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -298,11 +308,21 @@ class Trainer:
         return log
 
     def _stop_requested(self) -> bool:
+        """Whether to stop now; also makes rank 0's training clock every rank's, so the time limit
+        and a time-horizon schedule act identically on all ranks."""
         t = self.cfg.train
+        self.train_seconds = float(D.broadcast_object(self.train_seconds))
         stop = t.max_iters is not None and self.global_iter >= t.max_iters
         if t.time_limit_s is not None and self.train_seconds >= t.time_limit_s:
             stop = True
-        return bool(D.broadcast_object(stop))
+        return stop
+
+    def _eta_seconds(self, sec_per_iter: float) -> float:
+        """Training seconds left: the remaining iterations, capped by the time limit."""
+        eta = sec_per_iter * (self.total_iters - self.global_iter)
+        if self.cfg.train.time_limit_s is not None:
+            eta = min(eta, max(self.cfg.train.time_limit_s - self.train_seconds, 0.0))
+        return eta
 
     def evaluate(self) -> tuple[dict[str, float], str]:
         """Evaluate on the validation split (all ranks take part); logs on rank 0."""
@@ -369,7 +389,10 @@ class Trainer:
                             "global_iter": self.global_iter, "lr": self.optimizer.param_groups[0]["lr"],
                             "sec_per_iter": round(rate, 4),
                             "cpu_seconds": round(cpu_seconds() - self._cpu0, 1),
-                            "eta_s": round(rate * (self.total_iters - self.global_iter), 1), **vals})
+                            "eta_s": round(self._eta_seconds(rate), 1), **vals})
+                        if t.time_limit_s is not None and rate > 0:  # the bar ends where the time limit will
+                            progress.total = min(self.total_iters,
+                                                 self.global_iter + round(self._eta_seconds(rate) / rate))
                         progress.set_postfix_str(format_metrics(
                             {"ep": self.epoch, "lr": self.optimizer.param_groups[0]["lr"],
                              **{k: v for k, v in smooth.medians().items() if k == "loss"}}, 3))
