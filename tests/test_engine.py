@@ -66,6 +66,25 @@ def test_frozen_parameters_are_left_out_and_adamw() -> None:
         build_optimizer(model, OptimConfig(), batch_size=16)
 
 
+@pytest.mark.parametrize("name", ["sgd", "adamw"])
+def test_fused_optimizer_steps_like_the_foreach_one(name: str) -> None:
+    torch.manual_seed(0)
+    # no norm layers: their near-zero gradients would let Adam amplify rounding differences
+    models = [nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 1)) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    opts = [build_optimizer(m, OptimConfig(name=name, lr=0.01, base_batch_size=None, fused=fused), batch_size=1)
+            for m, fused in zip(models, (True, False))]
+    assert opts[0].defaults["fused"] is True and not opts[1].defaults["fused"]
+    x = torch.randn(2, 3, 8, 8)
+    for _ in range(3):
+        for model, opt in zip(models, opts):
+            opt.zero_grad()
+            model(x).square().mean().backward()
+            opt.step()
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_warmup_then_step_schedule() -> None:
     cfg = ScheduleConfig(name="step", milestones=[2, 3], gamma=0.1, warmup_iters=10, warmup_factor=0.001)
     f = lr_factor_fn(cfg, iters_per_epoch=10, total_iters=40)

@@ -3,8 +3,6 @@ with a batch of one, the training loss and its gradients, and clear errors on ba
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 from torch import nn
@@ -178,24 +176,25 @@ def test_loss_ignores_ignore_index_pixels():
     assert custom.item() == 0.0
 
 
-def test_hard_pixel_fraction_averages_the_hardest_labelled_pixels():
-    out = torch.randn(2, 3, 5, 5, requires_grad=True)
-    target = torch.randint(0, 3, (2, 5, 5))
-    target[0, :2] = 255
-    per_pixel = F.cross_entropy(out, target, ignore_index=255, reduction="none")[target != 255]
-    k = math.ceil(0.2 * per_pixel.numel())
-    expected = per_pixel.sort(descending=True).values[:k].mean()
-    loss = segmentation_loss({"out": out}, target, hard_pixel_fraction=0.2)["loss"]
-    torch.testing.assert_close(loss, expected)
-    loss.backward()
-    assert int((out.grad.abs().sum(1) > 0).sum()) == k  # only the hardest pixels get gradient
-    full = segmentation_loss({"out": out}, target, hard_pixel_fraction=1.0)["loss"]
-    torch.testing.assert_close(full, F.cross_entropy(out, target, ignore_index=255))
-    none_labelled = segmentation_loss({"out": out}, torch.full((2, 5, 5), 255), hard_pixel_fraction=0.2)
-    assert none_labelled["loss"].item() == 0.0
-    for bad in (0.0, 1.5, True):
-        with pytest.raises(ValueError, match="hard_pixel_fraction"):
-            segmentation_loss({"out": out}, target, hard_pixel_fraction=bad)
+def test_class_balance_weights_classes_by_inverse_batch_frequency():
+    from heads.segmentation.loss import batch_class_weights
+
+    out = torch.randn(2, 4, 6, 6)
+    target = torch.zeros(2, 6, 6, dtype=torch.long)
+    target[0, :2, :3] = 1  # 6 pixels of class 1, 66 of class 0, none of 2 and 3
+    target[1, 0, 0] = 255
+    weights = batch_class_weights(target, 4, 255, 1.0)
+    assert weights[2] == weights[3] == 0
+    counts = torch.tensor([65.0, 6.0])
+    torch.testing.assert_close(weights[:2], 71 / (2 * counts))  # each present class: equal total weight
+    balanced = segmentation_loss({"out": out}, target, class_balance=1.0)["loss"]
+    torch.testing.assert_close(balanced, F.cross_entropy(out, target, weight=weights, ignore_index=255))
+    half = segmentation_loss({"out": out}, target, class_balance=0.5)["loss"]
+    torch.testing.assert_close(half, F.cross_entropy(out, target, weight=weights.sqrt(), ignore_index=255))
+    plain = segmentation_loss({"out": out}, target, class_balance=0.0)["loss"]
+    torch.testing.assert_close(plain, F.cross_entropy(out, target, ignore_index=255))
+    with pytest.raises(ValueError, match="class_balance"):
+        segmentation_loss({"out": out}, target, class_balance=2.0)
 
 
 def test_gradients_reach_decoder_and_unfrozen_trunk_only():

@@ -38,6 +38,7 @@ def tiny_overrides(root: Path, epochs: int = 2) -> list[str]:
         "model.options.rpn_post_nms_top_n_test=20", "model.options.box_batch_size_per_image=32",
         f"train.epochs={epochs}", "train.eval_every=1", "train.log_every=1", "train.checkpoint_every_iters=1",
         "train.num_threads=1", "train.amp=none", "schedule.warmup_iters=2", "eval.visualize=2",
+        "schedule.horizon=iters",  # the demo decays over its time budget; tests need iteration-exact runs
     ]
 
 
@@ -91,6 +92,17 @@ def _three_class_copy(src: Path, dst: Path) -> Path:
         path.write_text(json.dumps(data))
     (dst / "shapes_manifest.json").unlink()
     return dst
+
+
+def test_time_horizon_run_stops_at_the_time_limit_fully_decayed(shapes_root: Path, tmp_path: Path) -> None:
+    cfg = load_config(DEMO, tiny_overrides(shapes_root, epochs=1000) + [
+        "schedule.horizon=time", "train.time_limit_s=4", "train.eval_every=1000", "train.checkpoint_every_iters=null",
+        "schedule.warmup_iters=0", "optim.lr=0.001"])
+    result = train(cfg, tmp_path / "run")
+    assert 4.0 <= result.train_seconds < 30.0 and 1 < result.iterations < 1000 * 4  # stopped by the clock
+    lrs = [r["lr"] for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if r["type"] == "train"]
+    assert lrs[0] > 0.0005 and lrs[-1] < 0.05 * 0.001  # cosine followed the clock down to ~0
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
 
 
 def test_data_root_takes_classes_from_its_categories(shapes_root: Path, tmp_path: Path, capsys) -> None:

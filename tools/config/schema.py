@@ -69,9 +69,10 @@ class ModelConfig(Section):
     output_stride: Literal[8, 16] = Field(default=16, description="DeepLab output stride")
     aux: bool = Field(default=False, description="DeepLab auxiliary FCN head on c4")
     aux_weight: float = Field(default=0.5, ge=0.0)
-    hard_pixel_fraction: float = Field(
-        default=1.0, gt=0.0, le=1.0,
-        description="DeepLab loss over only the hardest fraction of labelled pixels (1.0: all)",
+    class_balance: float = Field(
+        default=0.0, ge=0.0, le=1.0,
+        description="DeepLab loss weights per class from the batch's label counts, to this power "
+        "(0: plain average; 1: every present class weighs the same)",
     )
     ignore_index: int = 255
     options: dict[str, Any] = Field(
@@ -156,6 +157,7 @@ class OptimConfig(Section):
     norm_bias_decay: bool = Field(default=False, description="apply weight decay to norms and biases")
     backbone_lr_mult: float = Field(default=1.0, ge=0.0)
     clip_grad_norm: float | None = Field(default=None, gt=0.0)
+    fused: bool = Field(default=True, description="torch's fused optimizer kernels (false: foreach)")
 
 
 class ScheduleConfig(Section):

@@ -285,7 +285,7 @@ class SegmentationTask(Task):
         out = model(images.to(device))
         losses = segmentation_loss(out, masks.to(device), ignore_index=self.cfg.model.ignore_index,
                                    aux_weight=self.cfg.model.aux_weight,
-                                   hard_pixel_fraction=self.cfg.model.hard_pixel_fraction)
+                                   class_balance=self.cfg.model.class_balance)
         losses.pop("loss")
         return losses
 
