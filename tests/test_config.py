@@ -103,11 +103,13 @@ def test_missing_required_and_task_kind_mismatch(tmp_path: Path) -> None:
 
 def test_time_horizon_needs_a_time_limit(base_tree: Path) -> None:
     with pytest.raises(ConfigError, match="time_limit_s"):
-        load_config(base_tree, ["schedule.horizon=time"])
-    cfg = load_config(base_tree, ["schedule.horizon=time", "train.time_limit_s=60"])
+        load_config(base_tree, ["schedule.name=cosine", "schedule.horizon=time"])
+    cfg = load_config(base_tree, ["schedule.name=cosine", "schedule.horizon=time", "train.time_limit_s=60"])
     assert cfg.schedule.horizon == "time"
     with pytest.raises(ConfigError, match="horizon"):
         load_config(base_tree, ["schedule.horizon=epochs"])
+    with pytest.raises(ConfigError, match="applies to cosine and poly"):
+        load_config(base_tree, ["schedule.horizon=time", "train.time_limit_s=60", "schedule.name=step"])
 
 
 def test_set_into_a_value_is_an_error(base_tree: Path) -> None:

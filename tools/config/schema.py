@@ -183,6 +183,13 @@ class ScheduleConfig(Section):
             raise ValueError(f"milestones must be increasing, got {value}")
         return value
 
+    @model_validator(mode="after")
+    def _horizon_needs_a_decay(self) -> "ScheduleConfig":
+        if self.horizon == "time" and self.name not in ("cosine", "poly"):
+            raise ValueError(f"schedule.horizon 'time' applies to cosine and poly, not {self.name!r} "
+                             "(step milestones are epochs)")
+        return self
+
 
 class TrainLoopConfig(Section):
     """The training loop."""
@@ -215,7 +222,7 @@ class TrainLoopConfig(Section):
     fast_roi_align: bool = Field(
         default=True,
         description="detectors: RoI-align as a vectorised gather on CPU (backbones.use_gather_roi_align; "
-        "same values up to float rounding, ~3x faster backward); false keeps torchvision's kernel",
+        "same values up to float rounding; the CPU det demo step 0.46 -> 0.30 s); false keeps torchvision's kernel",
     )
 
 
