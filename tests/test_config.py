@@ -146,6 +146,19 @@ def test_every_config_is_found() -> None:
     assert sum(1 for n in names if n.startswith("deeplab")) == 12
 
 
+def test_demos_share_the_generators_default_dataset() -> None:
+    """Both demos read the dataset ``tools/make_shapes.py`` writes with no flags: switching between
+    them (or generating first) reuses the cached ``data/shapes`` instead of regenerating it."""
+    from tools.data import ShapesParams
+
+    default = ShapesParams()
+    for name in ("det/demo_shapes_faster_rcnn_r18.yaml", "seg/demo_shapes_deeplabv3plus_r18.yaml"):
+        cfg = load_config(REPO / "configs" / name)
+        assert cfg.data.generate_shapes and cfg.data.root == "data/shapes"
+        for field, value in cfg.data.shapes.model_dump().items():
+            assert getattr(default, field) == value, (name, field)
+
+
 @pytest.mark.parametrize("path", list(_config_params()))
 def test_shipped_config_loads_validates_and_builds(path: Path) -> None:
     data, _ = load_config_dict(path)

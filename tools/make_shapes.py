@@ -1,7 +1,7 @@
 """Generate the synthetic COCO-format shapes dataset (cached: reruns with the same parameters
 return at once).
 
-    python tools/make_shapes.py --root data/shapes [--num-train 500] [--num-val 120] [--seed 0]
+    python tools/make_shapes.py --root data/shapes [--num-train 3000] [--num-val 120] [--seed 0]
 """
 
 from __future__ import annotations

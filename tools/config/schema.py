@@ -87,7 +87,7 @@ class ModelConfig(Section):
 class ShapesConfig(Section):
     """Parameters of the embedded synthetic dataset (generated when ``data.root`` lacks it)."""
 
-    num_train: int = Field(default=500, ge=1)
+    num_train: int = Field(default=3000, ge=1)
     num_val: int = Field(default=120, ge=1)
     seed: int = 0
     image_size: int = Field(default=256, ge=32)
