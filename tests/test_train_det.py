@@ -114,7 +114,9 @@ def test_data_root_takes_classes_from_its_categories(shapes_root: Path, tmp_path
     state = load_checkpoint(tmp_path / "run" / "last.pth")
     assert state["model"]["roi_heads.box_predictor.cls_score.weight"].shape[0] == 4  # 3 classes + background
     assert state["category_map"]["category_ids"] == [1, 2, 3]
-    assert "[bbox] AP=" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "evaluation after epoch 1 (iteration" in out and "[bbox] AP=" in out
+    assert out.count("category      id      AP") == 1  # the per-class table once, at the end
 
 
 def test_missing_data_root_is_a_clear_error(tmp_path: Path, capsys) -> None:

@@ -335,7 +335,10 @@ class Trainer:
             record = {"type": "eval", "epoch": self.epoch, "global_iter": self.global_iter,
                       "eval_seconds": round(time.time() - start, 2), **metrics}
             self.metrics.write(record)
-            tqdm.write(f"evaluation after epoch {self.epoch} (iteration {self.global_iter}):\n{table}")
+            # the headline only: per-class numbers are in metrics.jsonl, and the tools print the
+            # last evaluation's whole table when the run ends
+            headline = table.partition("\n")[0]
+            tqdm.write(f"evaluation after epoch {self.epoch} (iteration {self.global_iter}): {headline}")
         return metrics, table
 
     def _update_best(self, metrics: dict[str, float]) -> bool:
