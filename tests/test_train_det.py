@@ -105,6 +105,26 @@ def test_time_horizon_run_stops_at_the_time_limit_fully_decayed(shapes_root: Pat
     assert all(a >= b for a, b in zip(lrs, lrs[1:]))
 
 
+def test_cpu_speedups_take_effect_and_train_alike(shapes_root: Path, tmp_path: Path) -> None:
+    """``train.channels_last`` and ``train.fast_roi_align`` change the model that trains (layout,
+    RoI pooler), not what it computes: the same losses up to float rounding."""
+    from backbones.inference import GatherMultiScaleRoIAlign
+
+    losses = {}
+    for on in (True, False):
+        cfg = load_config(DEMO, tiny_overrides(shapes_root, epochs=1) + [
+            "train.max_iters=3", f"train.channels_last={on}", f"train.fast_roi_align={on}"])
+        trainer = Trainer(cfg, tmp_path / f"run_{on}")
+        model = trainer.model_without_ddp
+        assert isinstance(model.roi_heads.box_roi_pool, GatherMultiScaleRoIAlign) == on
+        stem = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+        assert stem.weight.is_contiguous(memory_format=torch.channels_last) == on
+        trainer.fit()
+        losses[on] = [r["loss"] for r in read_jsonl(tmp_path / f"run_{on}" / "metrics.jsonl") if r["type"] == "train"]
+    assert len(losses[True]) == 3
+    assert losses[True] == pytest.approx(losses[False], rel=1e-3)
+
+
 def test_data_root_takes_classes_from_its_categories(shapes_root: Path, tmp_path: Path, capsys) -> None:
     root = _three_class_copy(shapes_root, tmp_path / "coco3")
     sets = [a for o in tiny_overrides(tmp_path / "unused", epochs=1) if not o.startswith("data.root")
