@@ -5,7 +5,7 @@ FCOS) on an FPN backbone; ``build_segmenter`` DeepLabV3/V3+ models returning tor
 ``{"out", "aux"}`` dict; ``load_torchvision_weights`` loads torchvision checkpoints of either.
 """
 
-from .detection import build_detector
+from .detection import build_detector, counts_background
 from .segmentation import DeepLabV3, DeepLabV3Plus, build_segmenter, segmentation_loss
 from .weights import load_torchvision_weights
 
@@ -14,6 +14,7 @@ __all__ = [
     "DeepLabV3Plus",
     "build_detector",
     "build_segmenter",
+    "counts_background",
     "load_torchvision_weights",
     "segmentation_loss",
 ]

@@ -114,6 +114,12 @@ def get_kind(kind: str) -> DetectorKind:
     return KINDS[kind]
 
 
+def counts_background(kind: str) -> bool:
+    """Whether ``kind``'s ``num_classes`` counts the background (the R-CNNs: labels 1..K, 0 is
+    background) or not (RetinaNet, FCOS: labels 0..K-1)."""
+    return get_kind(kind).background
+
+
 def _check_num_classes(kind: str, spec: DetectorKind, num_classes: Any) -> None:
     if not isinstance(num_classes, int) or isinstance(num_classes, bool):
         raise TypeError(f"num_classes must be an integer; got {num_classes!r}")

@@ -157,15 +157,16 @@ def test_bad_config_key_from_the_cli(tmp_path: Path, capsys) -> None:
 def test_nan_loss_stops_with_the_iteration_and_keeps_the_last_checkpoint(shapes_root: Path, tmp_path: Path) -> None:
     cfg = load_config(DEMO, tiny_overrides(shapes_root))
     trainer = Trainer(cfg, tmp_path / "run")
-    real_losses = trainer.task.losses
+    real_losses = trainer.task.loss_terms
 
     def poisoned(model, batch, device):
-        losses = real_losses(model, batch, device)
+        total, losses = real_losses(model, batch, device)
         if trainer.global_iter == 2:  # the third iteration
             losses["loss_box_reg"] = losses["loss_box_reg"] * float("nan")
-        return losses
+            total = sum(losses.values())
+        return total, losses
 
-    trainer.task.losses = poisoned
+    trainer.task.loss_terms = poisoned
     with pytest.raises(NonFiniteLossError, match=r"iteration 3 .*loss_box_reg=nan") as err:
         trainer.fit()
     assert "loss_classifier=" in str(err.value)

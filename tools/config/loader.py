@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from tools.config.schema import TrainConfig
+from tools.config.schema import TrainConfig, config_class
 
 BASE_KEY = "_base_"
 SET_SOURCE = "--set"
@@ -132,9 +132,9 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str],
     return data
 
 
-def _section_at(loc: Sequence[Any]) -> type[BaseModel] | None:
+def _section_at(loc: Sequence[Any], root: type[BaseModel] = TrainConfig) -> type[BaseModel] | None:
     """The schema class that holds the field at ``loc`` (None if it is not a section)."""
-    model: Any = TrainConfig
+    model: Any = root
     for part in loc[:-1]:
         if not (isinstance(model, type) and issubclass(model, BaseModel)):
             return None
@@ -148,6 +148,9 @@ def _section_at(loc: Sequence[Any]) -> type[BaseModel] | None:
 
 
 def _source_of(dotted: str, origin: Mapping[str, str], default: str) -> str:
+    below = [src for key, src in origin.items() if key.startswith(dotted + ".")]
+    if dotted not in origin and below:  # a whole section that is unknown: where its keys came from
+        return below[-1]
     parts = dotted.split(".")
     for n in range(len(parts), 0, -1):
         key = ".".join(parts[:n])
@@ -156,14 +159,16 @@ def _source_of(dotted: str, origin: Mapping[str, str], default: str) -> str:
     return default
 
 
-def format_validation_error(exc: ValidationError, origin: Mapping[str, str], default_source: str) -> str:
-    """One line per problem: the dotted key, the file that set it, the reason, the valid keys."""
+def format_validation_error(exc: ValidationError, origin: Mapping[str, str], default_source: str,
+                            root: type[BaseModel] = TrainConfig) -> str:
+    """One line per problem: the dotted key, the file that set it, the reason, the valid keys
+    (of the section in ``root``, the schema that was validated against)."""
     lines = []
     for err in exc.errors():
         loc = [str(p) for p in err["loc"] if not isinstance(p, int)] or ["<top level>"]
         dotted = ".".join(loc)
         source = _source_of(dotted, origin, default_source)
-        section = _section_at(loc)
+        section = _section_at(loc, root)
         valid = f"; valid keys{' in ' + '.'.join(loc[:-1]) if len(loc) > 1 else ''}: " \
                 f"{', '.join(section.model_fields)}" if section is not None else ""
         if err["type"] == "extra_forbidden":
@@ -181,9 +186,13 @@ def validate_config(data: Mapping[str, Any], origin: Mapping[str, str] | None = 
                     source: str = "<dict>") -> TrainConfig:
     """Validate a merged config dict; errors become a :class:`ConfigError` naming key and file."""
     try:
-        return TrainConfig.model_validate(data)
+        schema = config_class(data)
+    except ValueError as exc:
+        raise ConfigError(f"invalid config:\n  {exc} (set in {_source_of('task', origin or {}, source)})") from None
+    try:
+        return schema.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, origin or {}, source)) from None
+        raise ConfigError(format_validation_error(exc, origin or {}, source, schema)) from None
 
 
 def load_config_dict(path: PathLike, overrides: Iterable[str] = ()) -> tuple[dict[str, Any], dict[str, str]]:

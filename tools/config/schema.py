@@ -1,18 +1,18 @@
 """Typed schema of a training config (pydantic 2, unknown keys are errors).
 
-One :class:`TrainConfig` describes a detection (``task: det``) or segmentation (``task: seg``)
-run: model, data, optimiser, schedule, training loop and evaluation. Every section forbids
-unknown keys, so a typo fails validation with the key's name instead of being ignored.
+One :class:`TrainConfig` describes a detection (``task: det``, :class:`DetTrainConfig`) or
+segmentation (``task: seg``, :class:`SegTrainConfig`) run: model, data, optimiser, schedule,
+training loop and evaluation. Every section forbids unknown keys, and each task has its own model
+and data sections, so a typo, or a field of the other task (``model.aux`` on a detector,
+``model.fpn`` on DeepLab, ``data.det_aug`` on a segmenter), fails validation with the key's name.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-DET_KINDS = ("faster_rcnn", "retinanet", "fcos", "mask_rcnn")
-SEG_KINDS = ("deeplabv3", "deeplabv3plus")
 
 
 class Section(BaseModel):
@@ -53,34 +53,49 @@ class FpnConfig(Section):
 
 
 class ModelConfig(Section):
-    """The whole model: head kind, trunk, pyramid and head options."""
+    """What detectors and segmenters share: trunk, class count, head options, a whole-model start."""
 
-    kind: Literal["faster_rcnn", "retinanet", "fcos", "mask_rcnn", "deeplabv3", "deeplabv3plus"]
     backbone: BackboneConfig = Field(default_factory=BackboneConfig)
-    fpn: FpnConfig = Field(default_factory=FpnConfig)
     num_classes: int | None = Field(
         default=None, ge=1,
         description="foreground classes; null takes them from the dataset's categories",
     )
-    box_head_dim: int | None = Field(
-        default=None, ge=1,
-        description="R-CNN box head width (TwoMLPHead representation size); null = torchvision's 1024",
-    )
-    output_stride: Literal[8, 16] = Field(default=16, description="DeepLab output stride")
-    aux: bool = Field(default=False, description="DeepLab auxiliary FCN head on c4")
-    aux_weight: float = Field(default=0.5, ge=0.0)
-    class_balance: float = Field(
-        default=0.0, ge=0.0, le=1.0,
-        description="DeepLab loss weights per class from the batch's label counts, to this power "
-        "(0: plain average; 1: every present class weighs the same)",
-    )
-    ignore_index: int = 255
     options: dict[str, Any] = Field(
         default_factory=dict,
         description="extra keyword arguments of heads.build_detector / heads.build_segmenter",
     )
     weights: str | None = Field(
         default=None, description="checkpoint of the whole model to start from (fine-tuning)"
+    )
+
+
+class DetModelConfig(ModelConfig):
+    """A torchvision detector on an FPN over the trunk."""
+
+    kind: Literal["faster_rcnn", "retinanet", "fcos", "mask_rcnn"]
+    fpn: FpnConfig = Field(default_factory=FpnConfig)
+    box_head_dim: int | None = Field(
+        default=None, ge=1,
+        description="R-CNN box head width (TwoMLPHead representation size); null = torchvision's 1024",
+    )
+
+
+class SegModelConfig(ModelConfig):
+    """A DeepLabV3 / V3+ segmenter."""
+
+    kind: Literal["deeplabv3", "deeplabv3plus"]
+    output_stride: Literal[8, 16] = Field(default=16, description="DeepLab output stride")
+    aux: bool = Field(default=False, description="DeepLab auxiliary FCN head on c4")
+    aux_weight: float = Field(default=0.5, ge=0.0, description="weight of the auxiliary loss in the total")
+    class_balance: float = Field(
+        default=0.0, ge=0.0, le=1.0,
+        description="DeepLab loss weights per class from the batch's label counts, to this power "
+        "(0: plain average; 1: every present class weighs the same)",
+    )
+    ignore_index: int = Field(
+        default=255, ge=1, le=255,
+        description="mask label of unlabelled pixels (crowds, overlaps, crop padding): not in the "
+        "loss or the metrics; masks are uint8, so 1..255 and above the class count",
     )
 
 
@@ -135,10 +150,20 @@ class DataConfig(Section):
     num_workers: int = Field(default=4, ge=0)
     aspect_ratio_grouping: bool = True
     group_factor: int = Field(default=3, ge=0)
-    det_aug: DetAugConfig = Field(default_factory=DetAugConfig)
-    seg_aug: SegAugConfig = Field(default_factory=SegAugConfig)
     max_train_images: int | None = Field(default=None, ge=1, description="debug: first N images")
     max_val_images: int | None = Field(default=None, ge=1, description="debug: first N images")
+
+
+class DetDataConfig(DataConfig):
+    """Data of a detection run."""
+
+    det_aug: DetAugConfig = Field(default_factory=DetAugConfig)
+
+
+class SegDataConfig(DataConfig):
+    """Data of a segmentation run."""
+
+    seg_aug: SegAugConfig = Field(default_factory=SegAugConfig)
 
 
 class OptimConfig(Section):
@@ -205,7 +230,11 @@ class TrainLoopConfig(Section):
     seed: int = 0
     deterministic: bool = False
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    amp: Literal["none", "fp16", "bf16"] = "none"
+    amp: Literal["auto", "none", "fp16", "bf16"] = Field(
+        default="auto",
+        description="autocast dtype; auto: bf16 on GPUs that support it (else fp16 with a grad scaler) "
+        "and on CPUs with native bf16 (AVX512-BF16/AMX), fp32 on other CPUs (emulated bf16 is ~10x slower)",
+    )
     sync_bn: bool = False
     log_every: int = Field(default=20, ge=1)
     grad_norm_per_stage: bool = False
@@ -214,10 +243,10 @@ class TrainLoopConfig(Section):
     )
     eval_every: int = Field(default=1, ge=1, description="evaluate every N epochs (and at the end)")
     num_threads: int | None = Field(default=None, ge=1, description="torch CPU threads per process")
-    channels_last: bool = Field(
-        default=False,
-        description="train with channels-last weights and activations (faster oneDNN/cuDNN convs, "
-        "notably in bf16 on CPU); checkpoints are unaffected",
+    channels_last: Literal["auto"] | bool = Field(
+        default="auto",
+        description="train with channels-last weights and activations; auto: on with bf16/fp16 "
+        "autocast (faster reduced-precision convs), off in fp32 on a CPU; checkpoints are unaffected",
     )
     fast_roi_align: bool = Field(
         default=True,
@@ -238,7 +267,8 @@ class EvalConfig(Section):
 
 
 class TrainConfig(Section):
-    """A whole training run."""
+    """A whole training run; :class:`DetTrainConfig` or :class:`SegTrainConfig` by ``task``
+    (:func:`config_class` picks it), so a field of the other task is an unknown key."""
 
     task: Literal["det", "seg"]
     model: ModelConfig
@@ -250,12 +280,7 @@ class TrainConfig(Section):
     output_dir: str | None = Field(default=None, description="run folder (default runs/<config name>)")
 
     @model_validator(mode="after")
-    def _kind_matches_task(self) -> "TrainConfig":
-        kinds = DET_KINDS if self.task == "det" else SEG_KINDS
-        if self.model.kind not in kinds:
-            raise ValueError(
-                f"model.kind {self.model.kind!r} is not a {self.task} model; choose one of {kinds}"
-            )
+    def _time_horizon_has_a_budget(self) -> "TrainConfig":
         if self.schedule.horizon == "time" and self.train.time_limit_s is None:
             raise ValueError("schedule.horizon 'time' needs train.time_limit_s (the budget to decay over)")
         return self
@@ -266,3 +291,39 @@ class TrainConfig(Section):
         if self.eval.best_metric:
             return self.eval.best_metric
         return "bbox/AP" if self.task == "det" else "seg/mIoU"
+
+
+class DetTrainConfig(TrainConfig):
+    """A detection run (``task: det``)."""
+
+    task: Literal["det"]
+    model: DetModelConfig
+    data: DetDataConfig = Field(default_factory=DetDataConfig)
+
+
+class SegTrainConfig(TrainConfig):
+    """A segmentation run (``task: seg``)."""
+
+    task: Literal["seg"]
+    model: SegModelConfig
+    data: SegDataConfig = Field(default_factory=SegDataConfig)
+
+
+CONFIG_CLASSES: dict[str, type[TrainConfig]] = {"det": DetTrainConfig, "seg": SegTrainConfig}
+
+
+def config_class(data: Any) -> type[TrainConfig]:
+    """The schema of a config dict, by its ``task``; a missing or unknown task is a ValueError."""
+    task = data.get("task") if isinstance(data, dict) else None
+    if not isinstance(task, str) or task not in CONFIG_CLASSES:
+        got = "missing" if task is None else f"got {task!r}"
+        raise ValueError(f"task: must be one of {', '.join(CONFIG_CLASSES)} ({got})")
+    kind = data["model"].get("kind") if isinstance(data.get("model"), dict) else None
+    kinds = get_args(CONFIG_CLASSES[task].model_fields["model"].annotation.model_fields["kind"].annotation)
+    if isinstance(kind, str) and kind not in kinds:
+        raise ValueError(f"model.kind {kind!r} is not a {task} model; choose one of {kinds}")
+    return CONFIG_CLASSES[task]
+
+
+DET_KINDS: tuple[str, ...] = get_args(DetModelConfig.model_fields["kind"].annotation)
+SEG_KINDS: tuple[str, ...] = get_args(SegModelConfig.model_fields["kind"].annotation)

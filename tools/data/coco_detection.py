@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +24,18 @@ PathLike = str | os.PathLike[str]
 
 
 class CocoImageDataset(Dataset):
-    """Common part of the COCO datasets: annotation file, image paths, unreadable-image policy."""
+    """Common part of the COCO datasets: annotation file, image paths, unreadable-image policy.
+
+    The label map is ``category_map`` when given, else the file's categories (all, or the subset
+    ``categories``, ids or names in label order); annotations of other categories are not targets.
+    """
 
     def __init__(
         self,
         image_dir: PathLike,
         ann_file: PathLike | Mapping[str, Any],
         *,
+        categories: Iterable[int | str] | None = None,
         category_map: CategoryMap | None = None,
         skip_unreadable: bool = False,
     ) -> None:
@@ -38,7 +43,7 @@ class CocoImageDataset(Dataset):
         self.ann_file = ann_file if isinstance(ann_file, Mapping) else Path(ann_file)
         self.coco = load_coco_gt(ann_file)
         self.category_map = category_map or CategoryMap.from_coco_categories(
-            self.coco.dataset["categories"]
+            self.coco.dataset["categories"], subset=categories
         )
         self.skip_unreadable = skip_unreadable
         self.num_unreadable = 0
@@ -104,14 +109,14 @@ class CocoDetection(CocoImageDataset):
         transforms: DetectionTransform | Callable | None = None,
         *,
         return_masks: bool = False,
+        categories: Iterable[int | str] | None = None,
         category_map: CategoryMap | None = None,
         skip_empty: bool = False,
         skip_unreadable: bool = False,
         min_box_size: float = 1.0,
     ) -> None:
-        super().__init__(
-            image_dir, ann_file, category_map=category_map, skip_unreadable=skip_unreadable
-        )
+        super().__init__(image_dir, ann_file, categories=categories, category_map=category_map,
+                         skip_unreadable=skip_unreadable)
         self.transforms = transforms or build_detection_transforms(train=False)
         self.return_masks = return_masks
         self._anns: dict[int, list[dict]] = {}

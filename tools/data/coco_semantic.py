@@ -22,7 +22,8 @@ VOC_COCO_CATEGORY_IDS: tuple[int, ...] = (
 
 class CocoSemantic(CocoImageDataset):
     """COCO images with semantic masks: background 0, class ``k`` for the k-th category of the
-    map, and 255 (ignore) on crowd regions and where instances of different classes overlap.
+    map, and ``ignore_index`` (255) on crowd regions and where instances of different classes
+    overlap.
 
     ``categories`` picks a subset (ids or names, in label order), e.g.
     :data:`VOC_COCO_CATEGORY_IDS`; objects of other categories become background. A sample is
@@ -41,15 +42,15 @@ class CocoSemantic(CocoImageDataset):
         skip_empty: bool = False,
         min_pixels: int = 1,
         skip_unreadable: bool = False,
+        ignore_index: int = IGNORE_INDEX,
     ) -> None:
-        super().__init__(image_dir, ann_file, category_map=category_map,
+        super().__init__(image_dir, ann_file, categories=categories, category_map=category_map,
                          skip_unreadable=skip_unreadable)
-        if categories is not None:
-            self.category_map = CategoryMap.from_coco_categories(
-                self.coco.dataset["categories"], subset=categories
-            )
-        if self.category_map.num_classes >= IGNORE_INDEX:
-            raise ValueError(f"at most {IGNORE_INDEX - 1} classes fit a uint8 mask with ignore 255")
+        if not self.category_map.num_classes < ignore_index <= 255:
+            raise ValueError(
+                f"ignore_index={ignore_index} must be above the {self.category_map.num_classes} class "
+                "labels and fit a uint8 mask (at most 255)")
+        self.ignore_index = ignore_index
         self.transforms = transforms or build_segmentation_transforms(train=False)
         if skip_empty:
             self.ids = [i for i in self.ids if self._labelled_pixels(i) >= min_pixels]
@@ -75,7 +76,7 @@ class CocoSemantic(CocoImageDataset):
             label = self.category_map.label(ann["category_id"])
             conflict |= m & (mask != 0) & (mask != label)
             mask[m] = label
-        mask[crowd | conflict] = IGNORE_INDEX
+        mask[crowd | conflict] = self.ignore_index
         return mask
 
     def get_item(self, index: int, image: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:

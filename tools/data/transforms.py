@@ -4,7 +4,8 @@ Detection transforms take ``(image uint8 HWC, boxes xyxy, labels, masks | None)`
 torch tensors: image float ``[3, H, W]`` in 0..1 (torchvision detectors normalise internally),
 boxes ``float32 [N, 4]`` clipped to the image with degenerate boxes (width or height < 1) removed
 together with their labels and masks. Segmentation transforms take ``(image, mask)`` and return an
-image tensor (optionally ImageNet-normalised) and an ``int64`` mask where 255 is "ignore".
+image tensor (optionally ImageNet-normalised) and an ``int64`` mask where ``ignore_index`` (255
+by default) marks unlabelled pixels.
 """
 
 from __future__ import annotations
@@ -173,11 +174,12 @@ def build_segmentation_transforms(
     photometric: bool = True,
     normalize: bool = True,
     eval_size: int | None = None,
+    ignore_index: int = IGNORE_INDEX,
 ) -> SegmentationTransform:
     """Default segmentation pipeline.
 
     Train: shorter side to ``base_size``, random scale in ``scale_range``, pad (image 0, mask
-    255) and random crop to ``crop_size``, flip, colour jitter. Eval: optional shorter-side resize
+    ``ignore_index``) and random crop to ``crop_size``, flip, colour jitter. Eval: optional shorter-side resize
     to ``eval_size``. ``normalize`` applies ImageNet mean/std.
     """
     ops: list[A.BasicTransform] = []
@@ -187,7 +189,7 @@ def build_segmentation_transforms(
             A.SmallestMaxSize(max_size=base_size, interpolation=cv2.INTER_LINEAR),
             A.RandomScale(scale_limit=(lo - 1.0, hi - 1.0), p=1.0),
             A.PadIfNeeded(min_height=crop_size, min_width=crop_size,
-                          border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=IGNORE_INDEX),
+                          border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=ignore_index),
             A.RandomCrop(height=crop_size, width=crop_size),
         ]
         if flip_prob > 0:

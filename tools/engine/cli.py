@@ -7,9 +7,12 @@ import logging
 import sys
 from pathlib import Path
 
+from backbones.weights import WeightsFileError, WeightsMismatchError
 from tools.config.loader import ConfigError, load_config
+from tools.config.schema import TrainConfig
 from tools.engine.checkpoint import CheckpointError
 from tools.engine.data import DataRootError
+from tools.engine.init_weights import resolve_weights_path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIGS = {
@@ -37,6 +40,30 @@ def build_parser(task: str) -> argparse.ArgumentParser:
     return parser
 
 
+def check_backbone_weights(cfg: TrainConfig, config_path: Path) -> TrainConfig:
+    """Resolve ``model.backbone.weights`` (relative paths: the working directory, then the
+    repository, where run folders go) and stop before anything runs when the file is missing."""
+    bb = cfg.model.backbone
+    if not bb.weights:
+        return cfg
+    path = resolve_weights_path(bb.weights, (REPO_ROOT,))
+    if "://" not in path and not Path(path).is_file():
+        first = ""
+        if cfg.task == "seg" and "runs/det/" in bb.weights.replace("\\", "/"):
+            first = ("this config fine-tunes the trunk of a detection run: train it first with\n"
+                     "    python tools/train_det.py" + _same_data_hint(cfg) + "\n")
+        raise ConfigError(
+            f"model.backbone.weights: {bb.weights} not found (set in {config_path}).\n{first}"
+            "Point it at a trunk, detector or segmenter checkpoint with --set model.backbone.weights=PATH, "
+            "or train the trunk from scratch with --set model.backbone.weights=null.")
+    bb_new = bb.model_copy(update={"weights": path})
+    return cfg.model_copy(update={"model": cfg.model.model_copy(update={"backbone": bb_new})})
+
+
+def _same_data_hint(cfg: TrainConfig) -> str:
+    return "" if cfg.data.generate_shapes else f" --data-root {cfg.data.root}"
+
+
 def main(task: str, argv: list[str] | None = None) -> int:
     """Parse, load the config, train; returns the exit status."""
     args = build_parser(task).parse_args(argv)
@@ -50,12 +77,13 @@ def main(task: str, argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, overrides)
         if cfg.task != task:
             raise ConfigError(f"{args.config} is a {cfg.task!r} config; use tools/train_{cfg.task}.py")
+        cfg = check_backbone_weights(cfg, args.config)
         output_dir = args.output_dir or Path(cfg.output_dir or REPO_ROOT / "runs" / task / args.config.stem)
         ctx = D.init_distributed(cfg.train.device)
         logging.basicConfig(level=logging.INFO if ctx.is_main else logging.WARNING,
                             format=f"[rank {ctx.rank}] %(levelname)s %(name)s: %(message)s")
         result = train(cfg, output_dir, resume=args.resume if args.resume is True else args.resume or False)
-    except (ConfigError, DataRootError, CheckpointError) as exc:
+    except (ConfigError, DataRootError, CheckpointError, WeightsFileError, WeightsMismatchError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except NonFiniteLossError as exc:

@@ -57,19 +57,15 @@ def evaluate_checkpoint(
     ctx = ctx or D.init_distributed(cfg.train.device)
     root = prepare_data_root(cfg.data, ctx, (cfg.data.val_split,))
     task = make_task(cfg, root)
-    _, val_ds = task.build_datasets(train=False, val=True)
-    if "category_map" in state:
-        saved = CategoryMap.from_dict(state["category_map"])
-        if saved.category_ids != task.category_map.category_ids:
-            missing = sorted(set(saved.category_ids) - set(task.category_map.category_ids))
-            if missing:
-                raise ValueError(
-                    f"checkpoint {checkpoint} was trained on category ids {list(saved.category_ids)}; "
-                    f"the {cfg.data.val_split} split lacks {missing}"
-                )
-        task.category_map = saved
-        if hasattr(val_ds, "category_map") and cfg.task == "det":
-            val_ds.category_map = saved
+    saved = CategoryMap.from_dict(state["category_map"]) if "category_map" in state else None
+    # the checkpoint's labels: a subset run scores only its categories, in its label order
+    _, val_ds = task.build_datasets(train=False, val=True, category_map=saved)
+    missing = sorted(set(task.category_map.category_ids) - {c["id"] for c in val_ds.coco.dataset["categories"]})
+    if missing:
+        raise CheckpointError(
+            f"checkpoint {checkpoint} was trained on category ids {list(task.category_map.category_ids)}; "
+            f"the {cfg.data.val_split} split lacks {missing}"
+        )
     model = task.build_model(task.category_map.num_classes)
     model.load_state_dict(state["model"])
     model = optimize_for_inference(model.to(ctx.device))  # after loading: folding renames norm keys

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from torch.utils.data import DataLoader
 from torchvision.utils import draw_segmentation_masks, make_grid
 from tqdm import tqdm
 
+from heads import build_detector, build_segmenter, counts_background, segmentation_loss
 from tools.config.schema import TrainConfig
 from tools.data import (
     CategoryMap,
@@ -34,13 +36,7 @@ from tools.engine.data import split_paths, subset_ids
 from tools.engine.distributed import DistContext
 from tools.evaluation import CocoEvaluator, SegmentationMetrics, format_table
 
-#: Detector kinds whose ``num_classes`` counts the background (labels 1..K).
-BACKGROUND_KINDS = ("faster_rcnn", "mask_rcnn")
 COCO_STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
-
-
-def _resolve_categories(cfg: TrainConfig, gt_categories: Sequence[Mapping[str, Any]]) -> CategoryMap:
-    return CategoryMap.from_coco_categories(gt_categories, subset=cfg.data.categories)
 
 
 def _check_num_classes(cfg: TrainConfig, category_map: CategoryMap) -> int:
@@ -65,10 +61,18 @@ class Task:
         self.root = root
         self.category_map: CategoryMap | None = None
 
-    def build_datasets(self, train: bool = True, val: bool = True) -> tuple[Any, Any]:
+    def build_datasets(self, train: bool = True, val: bool = True,
+                       category_map: CategoryMap | None = None) -> tuple[Any, Any]:
+        """Training and validation datasets (None where not asked for). Labels follow
+        ``category_map`` when given (a checkpoint's), else ``data.categories`` of the val split."""
         raise NotImplementedError
 
     def build_model(self, num_classes: int) -> nn.Module:
+        """The configured model with freshly initialised weights (see :meth:`trunk`)."""
+        raise NotImplementedError
+
+    def trunk(self, model: nn.Module) -> nn.Module:
+        """The ResNet trunk inside ``model`` (what ``model.backbone.weights`` initialises)."""
         raise NotImplementedError
 
     collate = staticmethod(collate_detection)
@@ -76,7 +80,9 @@ class Task:
     def aspect_ratios(self, dataset: Any) -> list[float] | None:
         return None
 
-    def losses(self, model: nn.Module, batch: Any, device: torch.device) -> dict[str, torch.Tensor]:
+    def loss_terms(self, model: nn.Module, batch: Any,
+                   device: torch.device) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``(total, terms)``: the loss to optimise and the named terms to log."""
         raise NotImplementedError
 
     def evaluate(self, model: nn.Module, loader: DataLoader, ctx: DistContext) -> tuple[dict[str, float], str]:
@@ -106,17 +112,18 @@ class DetectionTask(Task):
     @property
     def label_offset(self) -> int:
         """RetinaNet/FCOS take labels 0..K-1 (no background); the datasets give 1..K."""
-        return 0 if self.cfg.model.kind in BACKGROUND_KINDS else 1
+        return 0 if counts_background(self.cfg.model.kind) else 1
 
-    def build_datasets(self, train: bool = True, val: bool = True) -> tuple[Any, Any]:
+    def build_datasets(self, train: bool = True, val: bool = True,
+                       category_map: CategoryMap | None = None) -> tuple[Any, Any]:
         d = self.cfg.data
         train_ds = val_ds = None
         if val:
             paths = split_paths(self.root, d.val_split)
             val_ds = CocoDetection(paths.images, paths.annotations, build_detection_transforms(False),
-                                   return_masks=self.masks)
-            self.category_map = _resolve_categories(self.cfg, val_ds.coco.dataset["categories"])
-            val_ds.category_map = self.category_map
+                                   return_masks=self.masks, categories=d.categories,
+                                   category_map=category_map)
+            category_map = self.category_map = val_ds.category_map
             subset_ids(val_ds, d.max_val_images)
         if train:
             paths = split_paths(self.root, d.train_split)
@@ -125,11 +132,9 @@ class DetectionTask(Task):
                 True, min_sizes=aug.min_sizes, max_size=aug.max_size, flip_prob=aug.flip_prob,
                 photometric=aug.photometric,
             )
-            probe = CocoDetection(paths.images, paths.annotations, transforms, return_masks=self.masks)
-            cmap = self.category_map or _resolve_categories(self.cfg, probe.coco.dataset["categories"])
             train_ds = CocoDetection(paths.images, paths.annotations, transforms, return_masks=self.masks,
-                                     category_map=cmap, skip_empty=True)
-            self.category_map = cmap
+                                     categories=d.categories, category_map=category_map, skip_empty=True)
+            self.category_map = train_ds.category_map
             subset_ids(train_ds, d.max_train_images)
             if len(train_ds) == 0:
                 raise ValueError(f"no training image with annotations in {paths.annotations}")
@@ -137,6 +142,9 @@ class DetectionTask(Task):
 
     def build_model(self, num_classes: int) -> nn.Module:
         return build_detection_model(self.cfg, num_classes)
+
+    def trunk(self, model: nn.Module) -> nn.Module:
+        return model.backbone.body
 
     def aspect_ratios(self, dataset: Any) -> list[float] | None:
         return dataset.aspect_ratios()
@@ -151,9 +159,13 @@ class DetectionTask(Task):
             out.append(d)
         return out
 
-    def losses(self, model: nn.Module, batch: Any, device: torch.device) -> dict[str, torch.Tensor]:
+    def loss_terms(self, model: nn.Module, batch: Any,
+                   device: torch.device) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """torchvision's detectors return their loss terms; the total is their sum, as in its
+        reference training script."""
         images, targets = batch
-        return model([img.to(device) for img in images], self._targets(targets, device))
+        terms = model([img.to(device) for img in images], self._targets(targets, device))
+        return sum(terms.values()), terms
 
     @torch.no_grad()
     def predict(self, model: nn.Module, images: Sequence[torch.Tensor], device: torch.device) -> list[dict[str, Any]]:
@@ -169,11 +181,7 @@ class DetectionTask(Task):
 
     def evaluate(self, model: nn.Module, loader: DataLoader, ctx: DistContext) -> tuple[dict[str, float], str]:
         dataset = loader.dataset
-        gt = dataset.coco.dataset
-        if self.cfg.data.max_val_images is not None:
-            keep = set(dataset.ids)
-            gt = {**gt, "images": [i for i in gt["images"] if i["id"] in keep],
-                  "annotations": [a for a in gt["annotations"] if a["image_id"] in keep]}
+        gt = restrict_gt(dataset.coco.dataset, dataset.ids, self.category_map.category_ids)
         evaluator = CocoEvaluator(gt, self.iou_types, category_map=self.category_map,
                                   backend=self.cfg.eval.backend)
         model.eval()
@@ -205,6 +213,18 @@ class DetectionTask(Task):
         return save_png(_grid(tiles), path)
 
 
+def restrict_gt(gt: Mapping[str, Any], image_ids: Sequence[int],
+                category_ids: Sequence[int]) -> dict[str, Any]:
+    """The ground truth that is scored: the dataset's images (all of them unless
+    ``data.max_val_images`` cut the list) and the categories the model was trained on; other
+    categories' objects are neither scored nor listed, as they were not targets."""
+    images, cats = set(image_ids), set(category_ids)
+    return {**gt, "images": [i for i in gt["images"] if i["id"] in images],
+            "annotations": [a for a in gt["annotations"]
+                            if a["image_id"] in images and a["category_id"] in cats],
+            "categories": [c for c in gt["categories"] if c["id"] in cats]}
+
+
 def _grid(tiles: list[torch.Tensor]) -> torch.Tensor:
     h = max(t.shape[1] for t in tiles)
     w = max(t.shape[2] for t in tiles)
@@ -214,21 +234,18 @@ def _grid(tiles: list[torch.Tensor]) -> torch.Tensor:
 
 def build_detection_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
     """The configured torchvision detector for ``num_classes`` foreground classes."""
-    from heads import build_detector
     from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 
     m = cfg.model
+    # trunk weights (model.backbone.weights) are loaded by the trainer, with a report
     backbone_options: dict[str, Any] = {**m.backbone.create_options(), "fpn_channels": m.fpn.out_channels}
-    if m.backbone.weights:
-        backbone_options["weights"] = m.backbone.weights
     if m.fpn.norm is not None:
         backbone_options["fpn_norm"] = m.fpn.norm
-    head_classes = num_classes + 1  # R-CNN: + background; RetinaNet/FCOS: labels shifted to 0..K-1
-    if m.kind not in BACKGROUND_KINDS:
-        head_classes = num_classes
+    # R-CNN: + background; RetinaNet/FCOS: labels shifted to 0..K-1
+    head_classes = num_classes + 1 if counts_background(m.kind) else num_classes
     options = dict(m.options)
     if m.box_head_dim is not None:
-        if m.kind not in BACKGROUND_KINDS:
+        if not counts_background(m.kind):
             raise ValueError(f"model.box_head_dim applies to the R-CNNs, not {m.kind}")
         pool = 7
         options["box_head"] = TwoMLPHead(m.fpn.out_channels * pool * pool, m.box_head_dim)
@@ -247,29 +264,36 @@ class SegmentationTask(Task):
 
     name = "seg"
     trunk_prefixes = ("backbone.",)
-    collate = staticmethod(collate_segmentation)
 
-    def build_datasets(self, train: bool = True, val: bool = True) -> tuple[Any, Any]:
+    @property
+    def collate(self):
+        """Batches padded with the configured ``model.ignore_index``."""
+        return partial(collate_segmentation, ignore_index=self.cfg.model.ignore_index)
+
+    def build_datasets(self, train: bool = True, val: bool = True,
+                       category_map: CategoryMap | None = None) -> tuple[Any, Any]:
         d = self.cfg.data
         aug = d.seg_aug
-        subset = d.categories
+        ignore = self.cfg.model.ignore_index
+        labels = dict(categories=d.categories, ignore_index=ignore)
         train_ds = val_ds = None
         if val:
             paths = split_paths(self.root, d.val_split)
             val_ds = CocoSemantic(paths.images, paths.annotations,
                                   build_segmentation_transforms(False, eval_size=aug.eval_size),
-                                  categories=subset)
-            self.category_map = val_ds.category_map
+                                  category_map=category_map, **labels)
+            category_map = self.category_map = val_ds.category_map
             subset_ids(val_ds, d.max_val_images)
         if train:
             paths = split_paths(self.root, d.train_split)
             transforms = build_segmentation_transforms(
                 True, base_size=aug.base_size, crop_size=aug.crop_size,
                 scale_range=tuple(aug.scale_range), flip_prob=aug.flip_prob, photometric=aug.photometric,
+                ignore_index=ignore,
             )
-            train_ds = CocoSemantic(paths.images, paths.annotations, transforms, categories=subset,
-                                    skip_empty=True)
-            self.category_map = self.category_map or train_ds.category_map
+            train_ds = CocoSemantic(paths.images, paths.annotations, transforms, category_map=category_map,
+                                    skip_empty=True, **labels)
+            self.category_map = train_ds.category_map
             subset_ids(train_ds, d.max_train_images)
             if len(train_ds) == 0:
                 raise ValueError(f"no training image with labelled pixels in {paths.annotations}")
@@ -278,16 +302,20 @@ class SegmentationTask(Task):
     def build_model(self, num_classes: int) -> nn.Module:
         return build_segmentation_model(self.cfg, num_classes)
 
-    def losses(self, model: nn.Module, batch: Any, device: torch.device) -> dict[str, torch.Tensor]:
-        from heads import segmentation_loss
+    def trunk(self, model: nn.Module) -> nn.Module:
+        return model.backbone
 
+    def loss_terms(self, model: nn.Module, batch: Any,
+                   device: torch.device) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The total of :func:`heads.segmentation_loss` (``loss_out + aux_weight * loss_aux``)
+        and its terms."""
         images, masks = batch
         out = model(images.to(device))
-        losses = segmentation_loss(out, masks.to(device), ignore_index=self.cfg.model.ignore_index,
-                                   aux_weight=self.cfg.model.aux_weight,
-                                   class_balance=self.cfg.model.class_balance)
-        losses.pop("loss")
-        return losses
+        m = self.cfg.model
+        losses = segmentation_loss(out, masks.to(device), ignore_index=m.ignore_index,
+                                   aux_weight=m.aux_weight, class_balance=m.class_balance)
+        total = losses.pop("loss")
+        return total, losses
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, loader: DataLoader, ctx: DistContext) -> tuple[dict[str, float], str]:
@@ -336,9 +364,8 @@ def _colour(i: int) -> tuple[int, int, int]:
 
 
 def build_segmentation_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
-    """The configured DeepLab model for ``num_classes`` foreground classes (+ background)."""
-    from heads import build_segmenter
-
+    """The configured DeepLab model for ``num_classes`` foreground classes (+ background);
+    the trunk's ``model.backbone.weights`` are loaded by the trainer, with a report."""
     m = cfg.model
     options = {k: v for k, v in m.backbone.create_options().items() if k != "output_stride"}
     if m.backbone.output_stride not in (None, m.output_stride):
@@ -347,8 +374,7 @@ def build_segmentation_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
             f"model.output_stride={m.output_stride}; set only model.output_stride for DeepLab"
         )
     return build_segmenter(m.kind, backbone=m.backbone.name, num_classes=num_classes + 1,
-                           output_stride=m.output_stride, aux=m.aux,
-                           backbone_weights=m.backbone.weights, **options, **m.options)
+                           output_stride=m.output_stride, aux=m.aux, **options, **m.options)
 
 
 def make_task(cfg: TrainConfig, root: Path) -> Task:

@@ -25,7 +25,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from backbones import load_matching, optimize_for_inference, read_state_dict
+from backbones import optimize_for_inference
 from backbones.inference import use_gather_roi_align
 from tools.config.loader import config_to_yaml
 from tools.config.schema import TrainConfig
@@ -39,8 +39,10 @@ from tools.engine.checkpoint import (
     save_checkpoint,
 )
 from tools.engine.data import SeededAugmentation, build_eval_loader, build_train_loader, prepare_data_root
+from tools.engine.init_weights import init_model, init_trunk, report_record
 from tools.engine.metrics import JsonlWriter, SmoothedValues, format_metrics
 from tools.engine.optim import build_optimizer
+from tools.engine.precision import Precision, choose_precision
 from tools.engine.schedule import build_scheduler
 from tools.engine.tasks import Task, _check_num_classes, make_task
 
@@ -113,20 +115,10 @@ def grad_norms_per_stage(model: nn.Module, trunk_prefixes: tuple[str, ...]) -> d
 
 
 def _autocast(amp: str, device: torch.device):
-    """fp16/bf16 autocast on CUDA; bf16 also on CPU (oneDNN runs convs faster in bf16 where the CPU
-    has AVX512-BF16/AMX); fp16 on CPU is not supported and runs fp32."""
-    if amp == "none" or (device.type != "cuda" and amp != "bf16"):
+    """The autocast context of a resolved precision (:func:`choose_precision`)."""
+    if amp == "none":
         return nullcontext()
     return torch.autocast(device.type, dtype=torch.float16 if amp == "fp16" else torch.bfloat16)
-
-
-def load_model_weights(model: nn.Module, source: str) -> None:
-    """Initialise a whole model from a training checkpoint or a state dict with our key names."""
-    state, name, raw = read_state_dict(source)
-    if isinstance(raw, dict) and isinstance(raw.get("model"), dict):
-        state = raw["model"]
-    report = load_matching(model, state, source=name, format="native", strict=False)
-    logger.info("model.weights: %s", report)
 
 
 class Trainer:
@@ -144,8 +136,9 @@ class Trainer:
         if t.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
             torch.backends.cudnn.benchmark = False
-        if t.amp == "fp16" and self.ctx.device.type != "cuda":
-            logger.warning("train.amp=fp16 needs CUDA; training in fp32 on %s (bf16 works on CPU)", self.ctx.device)
+        self.precision: Precision = choose_precision(t.amp, t.channels_last, self.ctx.device)
+        if self.ctx.is_main:
+            logger.info(self.precision.describe())
         seed_everything(t.seed)
 
         root = prepare_data_root(cfg.data, self.ctx, (cfg.data.train_split, cfg.data.val_split))
@@ -160,14 +153,18 @@ class Trainer:
                            "norms stay at identity; fill model.backbone.weights or use BN/GN")
         seed_everything(t.seed)  # identical initial weights on every rank and every run
         model = self.task.build_model(self.num_classes)
+        self.init_records: dict[str, Any] = {}
+        if bb.weights:
+            report = init_trunk(self.task.trunk(model), bb.weights, bb.name)
+            self.init_records["backbone_weights"] = report_record(report)
         if cfg.model.weights:
-            load_model_weights(model, cfg.model.weights)
+            self.init_records["model_weights"] = report_record(init_model(model, cfg.model.weights))
         if t.fast_roi_align:
             use_gather_roi_align(model)  # CPU only; CUDA keeps torchvision's kernel
         if t.sync_bn and self.ctx.distributed:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model.to(self.ctx.device)
-        if t.channels_last:
+        if self.precision.channels_last:
             model.to(memory_format=torch.channels_last)
         self.model_without_ddp = model
         if self.ctx.distributed:
@@ -189,7 +186,7 @@ class Trainer:
                                          self.task.trunk_prefixes)
         self.scheduler = build_scheduler(self.optimizer, cfg.schedule, self.iters_per_epoch, self.total_iters,
                                          self._time_progress if t.time_limit_s else None)
-        use_scaler = t.amp == "fp16" and self.ctx.device.type == "cuda"
+        use_scaler = self.precision.amp == "fp16" and self.ctx.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
 
         self.epoch = 0
@@ -285,9 +282,8 @@ class Trainer:
     def _step(self, batch: Any) -> dict[str, float]:
         t = self.cfg.train
         self.model.train()
-        with _autocast(t.amp, self.ctx.device):
-            losses = self.task.losses(self.model, batch, self.ctx.device)
-        total = sum(losses.values())
+        with _autocast(self.precision.amp, self.ctx.device):
+            total, losses = self.task.loss_terms(self.model, batch, self.ctx.device)
         self._check_finite(losses, total)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()
@@ -361,7 +357,8 @@ class Trainer:
             self.metrics.write({"type": "start", "world_size": self.ctx.world_size,
                                 "device": str(self.ctx.device), "iters_per_epoch": self.iters_per_epoch,
                                 "total_iters": self.total_iters, "params": n_params,
-                                "train_images": len(self.train_ds), "val_images": len(self.val_ds)})
+                                "train_images": len(self.train_ds), "val_images": len(self.val_ds),
+                                **self.precision.record(), **self.init_records})
         smooth = SmoothedValues(t.log_every)
         self._cpu0 = cpu_seconds()
         table = ""
