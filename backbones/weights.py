@@ -76,6 +76,19 @@ class LoadReport:
         return "\n".join(lines)
 
 
+def refused_for_objects(exc: BaseException, path: str | os.PathLike) -> bool:
+    """Whether a safe load (``torch.load(..., weights_only=True)`` or the ``.pkl`` reader) refused
+    ``path`` for holding Python objects other than tensors, rather than for being corrupt: both
+    raise ``UnpicklingError``, but a refused file is a well-formed torch archive or pickle."""
+    if not isinstance(exc, pickle.UnpicklingError):
+        return False
+    if "global" in str(exc) or "refusing to unpickle" in str(exc):
+        return True
+    with open(path, "rb") as f:
+        head = f.read(1)
+    return zipfile.is_zipfile(path) or head == b"\x80"  # a torch archive, or a pickle (PROTO opcode)
+
+
 class _ArrayUnpickler(pickle.Unpickler):
     """Unpickler for detectron2/caffe2 ``.pkl`` files that admits numpy arrays and nothing else."""
 
@@ -122,10 +135,14 @@ def _read_file(path: Path) -> Any:
             return load_file(str(path))
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        if not refused_for_objects(err, path):
+            raise WeightsFileError(f"{path} is not a readable checkpoint (corrupt or truncated?)") from None
         raise WeightsFileError(
-            f"{path} holds objects other than tensors and plain containers, which are not loaded "
-            f"(weights_only=True): {err}"
-        ) from err
+            f"{path} contains code or Python objects other than tensors and plain containers, so it was "
+            "not loaded (loading such a file can run arbitrary code). If you trust the file, convert it once: "
+            "torch.save(torch.load(path, weights_only=False).state_dict(), new_path) for a pickled module, "
+            "or re-save the state dict inside it"
+        ) from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, UnicodeDecodeError) as err:
         raise WeightsFileError(f"{path} is not a readable checkpoint (corrupt or truncated?): {err}") from err
 

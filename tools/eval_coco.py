@@ -83,25 +83,14 @@ def _write_json(path: str, metrics: dict[str, Any]) -> None:
 def evaluate_checkpoint_args(args: argparse.Namespace) -> int:
     """``--checkpoint`` mode: build the checkpoint's model (its saved config, or ``--config``),
     evaluate it on a split with the training engine's evaluation, print and write the metrics."""
-    from tools.config.loader import ConfigError
-    from tools.engine.checkpoint import CheckpointError
-    from tools.engine.data import DataRootError
-    from tools.engine.distributed import cleanup_distributed
-    from tools.engine.evaluate import run_from_args
+    from tools.engine.evaluate import run_checkpoint_cli
 
-    try:
-        outcome = run_from_args(args)
-    except (ConfigError, CheckpointError, DataRootError, CocoFormatError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        cleanup_distributed()
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(outcome.table)
+    def write(outcome: Any) -> None:
         if args.out:
             _write_json(args.out, {"checkpoint": str(args.checkpoint), "metrics": outcome.metrics,
                                    "table": outcome.table, "versions": _versions("pycocotools")})
-    return 0
+
+    return run_checkpoint_cli(args, write)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
                        help="config override (repeatable)")
     model.add_argument("--split", help="split to evaluate (default: the config's data.val_split)")
     model.add_argument("--data-root", help="COCO-layout dataset folder (default: the config's data.root)")
+    model.add_argument("--debug", action="store_true", help="show the traceback of user errors too (or TOOLS_DEBUG=1)")
     args = parser.parse_args(argv)
     if args.checkpoint:
         if args.gt or args.results:

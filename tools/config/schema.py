@@ -152,6 +152,12 @@ class DataConfig(Section):
     group_factor: int = Field(default=3, ge=0)
     max_train_images: int | None = Field(default=None, ge=1, description="debug: first N images")
     max_val_images: int | None = Field(default=None, ge=1, description="debug: first N images")
+    skip_invalid: bool = Field(
+        default=False,
+        description="leave out the images and annotations the preflight finds faulty (reported, and "
+        "val images left out are named in the score) instead of stopping; also skip files that "
+        "become unreadable during the run",
+    )
 
 
 class DetDataConfig(DataConfig):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import Dataset
 
 from tools.data.categories import CategoryMap
-from tools.data.coco_json import load_coco_gt
+from tools.data.coco_json import load_coco_gt, read_json
 from tools.data.errors import CocoFormatError, ImageLoadError
 from tools.data.images import load_rgb
 from tools.data.transforms import DetectionTransform, build_detection_transforms
@@ -28,6 +28,7 @@ class CocoImageDataset(Dataset):
 
     The label map is ``category_map`` when given, else the file's categories (all, or the subset
     ``categories``, ids or names in label order); annotations of other categories are not targets.
+    ``skip_image_ids`` / ``skip_annotation_ids`` leave out records a preflight found faulty.
     """
 
     def __init__(
@@ -38,9 +39,22 @@ class CocoImageDataset(Dataset):
         categories: Iterable[int | str] | None = None,
         category_map: CategoryMap | None = None,
         skip_unreadable: bool = False,
+        skip_image_ids: Collection[int] = (),
+        skip_annotation_ids: Collection[int] = (),
     ) -> None:
         self.image_dir = Path(image_dir)
         self.ann_file = ann_file if isinstance(ann_file, Mapping) else Path(ann_file)
+        skipped_images, skipped_anns = set(skip_image_ids), frozenset(skip_annotation_ids)
+        if skipped_images or skipped_anns:  # leave them out before indexing: they may not validate
+            data = ann_file if isinstance(ann_file, Mapping) else read_json(ann_file)
+            listed = {img.get("id") for img in data.get("images", [])}
+            self.skipped_image_ids = sorted(skipped_images & listed)
+            ann_file = {**data, "images": [i for i in data["images"] if i.get("id") not in skipped_images],
+                        "annotations": [a for a in data["annotations"] if a.get("id") not in skipped_anns
+                                        and a.get("image_id") not in skipped_images]}
+        else:
+            self.skipped_image_ids = []
+        self.skipped_annotation_ids = skipped_anns
         self.coco = load_coco_gt(ann_file)
         self.category_map = category_map or CategoryMap.from_coco_categories(
             self.coco.dataset["categories"], subset=categories
@@ -48,6 +62,10 @@ class CocoImageDataset(Dataset):
         self.skip_unreadable = skip_unreadable
         self.num_unreadable = 0
         self.ids: list[int] = sorted(self.coco.imgs)
+
+    def annotations_of(self, img_id: int) -> list[dict]:
+        """The image's annotations (those left out by ``skip_annotation_ids`` are not indexed)."""
+        return self.coco.imgToAnns.get(img_id, [])
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -114,16 +132,19 @@ class CocoDetection(CocoImageDataset):
         skip_empty: bool = False,
         skip_unreadable: bool = False,
         min_box_size: float = 1.0,
+        skip_image_ids: Collection[int] = (),
+        skip_annotation_ids: Collection[int] = (),
     ) -> None:
         super().__init__(image_dir, ann_file, categories=categories, category_map=category_map,
-                         skip_unreadable=skip_unreadable)
+                         skip_unreadable=skip_unreadable, skip_image_ids=skip_image_ids,
+                         skip_annotation_ids=skip_annotation_ids)
         self.transforms = transforms or build_detection_transforms(train=False)
         self.return_masks = return_masks
         self._anns: dict[int, list[dict]] = {}
         dropped: list[int] = []
         for img_id in self.ids:
             kept = []
-            for ann in self.coco.imgToAnns.get(img_id, []):
+            for ann in self.annotations_of(img_id):
                 if ann.get("iscrowd", 0) or ann["category_id"] not in self.category_map:
                     continue
                 _, _, w, h = ann["bbox"]

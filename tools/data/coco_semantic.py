@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -43,9 +43,12 @@ class CocoSemantic(CocoImageDataset):
         min_pixels: int = 1,
         skip_unreadable: bool = False,
         ignore_index: int = IGNORE_INDEX,
+        skip_image_ids: Collection[int] = (),
+        skip_annotation_ids: Collection[int] = (),
     ) -> None:
         super().__init__(image_dir, ann_file, categories=categories, category_map=category_map,
-                         skip_unreadable=skip_unreadable)
+                         skip_unreadable=skip_unreadable, skip_image_ids=skip_image_ids,
+                         skip_annotation_ids=skip_annotation_ids)
         if not self.category_map.num_classes < ignore_index <= 255:
             raise ValueError(
                 f"ignore_index={ignore_index} must be above the {self.category_map.num_classes} class "
@@ -56,7 +59,7 @@ class CocoSemantic(CocoImageDataset):
             self.ids = [i for i in self.ids if self._labelled_pixels(i) >= min_pixels]
 
     def _labelled_pixels(self, img_id: int) -> int:
-        anns = [a for a in self.coco.imgToAnns.get(img_id, [])
+        anns = [a for a in self.annotations_of(img_id)
                 if not a.get("iscrowd", 0) and a["category_id"] in self.category_map]
         return int(sum(a.get("area", 0) for a in anns))
 
@@ -66,7 +69,7 @@ class CocoSemantic(CocoImageDataset):
         mask = np.zeros((info["height"], info["width"]), dtype=np.uint8)
         conflict = np.zeros(mask.shape, dtype=bool)
         crowd = np.zeros(mask.shape, dtype=bool)
-        for ann in self.coco.imgToAnns.get(img_id, []):
+        for ann in self.annotations_of(img_id):
             if ann["category_id"] not in self.category_map:
                 continue
             m = self.coco.annToMask(ann).astype(bool)

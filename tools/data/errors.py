@@ -13,3 +13,7 @@ class CocoFormatError(ValueError):
 
 class ImageLoadError(OSError):
     """An image file exists but cannot be decoded (corrupt, truncated or not an image)."""
+
+
+class DatasetError(ValueError):
+    """A dataset split has faults that stop a run before training (the message is the report)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import tempfile
 from pathlib import Path
@@ -10,6 +11,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from backbones.weights import refused_for_objects
 
 PathLike = str | os.PathLike[str]
 
@@ -64,8 +67,18 @@ def load_checkpoint(path: PathLike, map_location: str | torch.device = "cpu") ->
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if not refused_for_objects(exc, path):
+            raise CheckpointError(f"cannot read checkpoint {path} (corrupt or truncated?)") from None
+        raise CheckpointError(
+            f"{path} contains code or Python objects other than tensors and plain containers, so it was "
+            "not loaded (loading such a file can run arbitrary code). If you trust the file, convert it "
+            "once to plain tensors:\n  python -c \"import torch; s = torch.load('OLD.pth', weights_only=False); "
+            "torch.save(s.get('model', s) if isinstance(s, dict) else s.state_dict(), 'NEW.pth')\"\n"
+            "and pass NEW.pth as model.weights or model.backbone.weights"
+        ) from None
     except Exception as exc:  # torch raises many types for corrupt files
-        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+        raise CheckpointError(f"cannot read checkpoint {path} (corrupt or truncated?): {exc}") from None
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"{path} is not a training checkpoint (no 'model' entry)")
     return state

@@ -7,14 +7,14 @@ import logging
 import sys
 from pathlib import Path
 
-from backbones.weights import WeightsFileError, WeightsMismatchError
 from tools.config.loader import ConfigError, load_config
 from tools.config.schema import TrainConfig
-from tools.engine.checkpoint import CheckpointError
-from tools.engine.data import DataRootError
 from tools.engine.init_weights import resolve_weights_path
+from tools.errors import debug_requested, run_cli
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+#: where a relative model.backbone.weights is looked up after the working directory (run folders)
+WEIGHTS_SEARCH_ROOTS = (REPO_ROOT,)
 DEFAULT_CONFIGS = {
     "det": REPO_ROOT / "configs" / "det" / "demo_shapes_faster_rcnn_r18.yaml",
     "seg": REPO_ROOT / "configs" / "seg" / "demo_shapes_deeplabv3plus_r18.yaml",
@@ -35,8 +35,11 @@ def build_parser(task: str) -> argparse.ArgumentParser:
                         "train2017/, val2017/); replaces data.root and turns off shapes generation")
     parser.add_argument("--output-dir", type=Path, help="run folder (default: output_dir of the config, "
                         "else runs/<task>/<config name>)")
-    parser.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
-                        help="continue from <output-dir>/last.pth (or the given checkpoint)")
+    parser.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT|auto",
+                        help="continue from <output-dir>/last.pth (or the given checkpoint); 'auto': "
+                        "resume if last.pth exists, else start fresh (for requeued jobs)")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of user errors too (or set TOOLS_DEBUG=1)")
     return parser
 
 
@@ -46,7 +49,7 @@ def check_backbone_weights(cfg: TrainConfig, config_path: Path) -> TrainConfig:
     bb = cfg.model.backbone
     if not bb.weights:
         return cfg
-    path = resolve_weights_path(bb.weights, (REPO_ROOT,))
+    path = resolve_weights_path(bb.weights, WEIGHTS_SEARCH_ROOTS)
     if "://" not in path and not Path(path).is_file():
         first = ""
         if cfg.task == "seg" and "runs/det/" in bb.weights.replace("\\", "/"):
@@ -64,43 +67,62 @@ def _same_data_hint(cfg: TrainConfig) -> str:
     return "" if cfg.data.generate_shapes else f" --data-root {cfg.data.root}"
 
 
+def resolve_resume(resume: bool | str, output_dir: Path) -> bool | str:
+    """``--resume`` (True: ``last.pth`` of the run folder), a checkpoint path, or ``auto``:
+    resume when ``last.pth`` exists and start fresh otherwise, so a requeued job needs no edits."""
+    if resume == "auto":
+        return (output_dir / "last.pth").is_file()
+    return resume
+
+
 def main(task: str, argv: list[str] | None = None) -> int:
-    """Parse, load the config, train; returns the exit status."""
+    """Parse, load the config, train; returns the exit status (0 done, 2 a user error,
+    3 a non-finite loss, 75 stopped by a signal with a resumable checkpoint)."""
     args = build_parser(task).parse_args(argv)
-    overrides = list(args.overrides)
-    if args.data_root is not None:
-        overrides += [f"data.root={args.data_root}", "data.generate_shapes=false"]
-    from tools.engine import distributed as D
-    from tools.engine.trainer import NonFiniteLossError, train
+    from tools.engine.distributed import cleanup_distributed
+    from tools.engine.preemption import PREEMPTED_EXIT_CODE, Preempted
+    from tools.engine.trainer import NonFiniteLossError
 
     try:
-        cfg = load_config(args.config, overrides)
-        if cfg.task != task:
-            raise ConfigError(f"{args.config} is a {cfg.task!r} config; use tools/train_{cfg.task}.py")
-        cfg = check_backbone_weights(cfg, args.config)
-        output_dir = args.output_dir or Path(cfg.output_dir or REPO_ROOT / "runs" / task / args.config.stem)
-        ctx = D.init_distributed(cfg.train.device)
-        logging.basicConfig(level=logging.INFO if ctx.is_main else logging.WARNING,
-                            format=f"[rank {ctx.rank}] %(levelname)s %(name)s: %(message)s")
-        result = train(cfg, output_dir, resume=args.resume if args.resume is True else args.resume or False)
-    except (ConfigError, DataRootError, CheckpointError, WeightsFileError, WeightsMismatchError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return run_cli(lambda: _train(task, args), debug=args.debug or debug_requested([]))
     except NonFiniteLossError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
+    except Preempted as exc:
+        print(f"{exc}", file=sys.stderr)
+        return PREEMPTED_EXIT_CODE
     finally:
-        from tools.engine.distributed import cleanup_distributed
-
         cleanup_distributed()
+
+
+def _train(task: str, args: argparse.Namespace) -> int:
+    from tools.engine import distributed as D
+    from tools.engine.trainer import train
+
+    overrides = list(args.overrides)
+    if args.data_root is not None:
+        overrides += [f"data.root={args.data_root}", "data.generate_shapes=false"]
+    cfg = load_config(args.config, overrides)
+    if cfg.task != task:
+        raise ConfigError(f"{args.config} is a {cfg.task!r} config; use tools/train_{cfg.task}.py")
+    cfg = check_backbone_weights(cfg, args.config)
+    output_dir = args.output_dir or Path(cfg.output_dir or REPO_ROOT / "runs" / task / args.config.stem)
+    ctx = D.init_distributed(cfg.train.device)
+    logging.basicConfig(level=logging.INFO if ctx.is_main else logging.WARNING,
+                        format=f"[rank {ctx.rank}] %(levelname)s %(name)s: %(message)s")
+    result = train(cfg, output_dir, resume=resolve_resume(args.resume, output_dir))
     if ctx.is_main:
-        print(result.table)
-        best = result.best
-        print(f"run folder: {result.output_dir}")
-        print(f"training: {result.iterations} iterations in {result.train_seconds:.0f} s "
-              f"({result.train_seconds / max(result.iterations, 1):.2f} s/iter)")
-        if best.get("value") is not None:
-            print(f"best {best['metric']} = {best['value']:.4f} (epoch {best['epoch']})")
-        if result.png is not None:
-            print(f"predictions drawn to {result.png}")
+        _print_summary(result)
     return 0
+
+
+def _print_summary(result) -> None:
+    print(result.table)
+    best = result.best
+    print(f"run folder: {result.output_dir}")
+    print(f"training: {result.iterations} iterations in {result.train_seconds:.0f} s "
+          f"({result.train_seconds / max(result.iterations, 1):.2f} s/iter)")
+    if best.get("value") is not None:
+        print(f"best {best['metric']} = {best['value']:.4f} (epoch {best['epoch']})")
+    if result.png is not None:
+        print(f"predictions drawn to {result.png}")

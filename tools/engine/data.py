@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from tools.config.schema import DataConfig
+from tools.config.loader import ConfigError
 from tools.data import (
     GroupedBatchSampler,
     aspect_ratio_group_ids,
@@ -134,7 +135,7 @@ def build_train_loader(
     ``data.batch_size`` counts images over all processes; each rank takes an equal part.
     """
     if cfg.batch_size % ctx.world_size:
-        raise ValueError(
+        raise ConfigError(
             f"data.batch_size={cfg.batch_size} (images per iteration over all processes) is not "
             f"divisible by the {ctx.world_size} processes"
         )
@@ -146,8 +147,9 @@ def build_train_loader(
         groups = [0] * len(dataset)
     batch_sampler = GroupedBatchSampler(sampler, groups, per_rank)
     if batch_sampler.num_full_batches() < 1:
-        raise ValueError(
-            f"{len(dataset)} training images give no full batch of {per_rank} per process"
+        raise ConfigError(
+            f"{len(dataset)} training images give no full batch of {per_rank} per process; "
+            "lower data.batch_size"
         )
     loader = DataLoader(
         dataset, batch_sampler=batch_sampler, collate_fn=collate_fn, num_workers=cfg.num_workers,

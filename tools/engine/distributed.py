@@ -15,6 +15,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from tools.config.loader import ConfigError
+
 
 @dataclass(frozen=True)
 class DistContext:
@@ -51,7 +53,7 @@ def resolve_device(preference: str, local_rank: int = 0) -> torch.device:
     if preference not in ("auto", "cpu", "cuda"):
         raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {preference!r}")
     if preference == "cuda" and not torch.cuda.is_available():
-        raise ValueError("train.device is 'cuda' but no CUDA device is available")
+        raise ConfigError("train.device is 'cuda' but no CUDA device is available; use auto or cpu")
     if preference == "cpu" or not torch.cuda.is_available():
         return torch.device("cpu")
     return torch.device("cuda", local_rank % torch.cuda.device_count())

@@ -6,7 +6,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from backbones import optimize_for_inference
 from tools.config.loader import validate_config
@@ -15,6 +15,7 @@ from tools.data import CategoryMap
 from tools.engine import distributed as D
 from tools.engine.checkpoint import CheckpointError, load_checkpoint
 from tools.engine.data import build_eval_loader, prepare_data_root
+from tools.engine.preflight import run_preflight
 from tools.engine.tasks import make_task
 
 logger = logging.getLogger(__name__)
@@ -57,6 +58,8 @@ def evaluate_checkpoint(
     ctx = ctx or D.init_distributed(cfg.train.device)
     root = prepare_data_root(cfg.data, ctx, (cfg.data.val_split,))
     task = make_task(cfg, root)
+    checked = run_preflight(root, {"val": cfg.data.val_split}, task.check_iou_type, cfg.data.skip_invalid)
+    task.exclusions = checked.exclusions
     saved = CategoryMap.from_dict(state["category_map"]) if "category_map" in state else None
     # the checkpoint's labels: a subset run scores only its categories, in its label order
     _, val_ds = task.build_datasets(train=False, val=True, category_map=saved)
@@ -74,33 +77,42 @@ def evaluate_checkpoint(
     return EvalOutcome(metrics, table)
 
 
+def run_checkpoint_cli(args: Any, write: Callable[[EvalOutcome], None] | None = None) -> int:
+    """Evaluate per parsed :func:`add_checkpoint_arguments` arguments, print the table and call
+    ``write`` with the outcome (rank 0); a user error is a message and exit code 2."""
+    from tools.engine.distributed import cleanup_distributed
+    from tools.errors import debug_requested, run_cli
+
+    def evaluate_and_report() -> int:
+        outcome = run_from_args(args)
+        if _is_main():
+            print(outcome.table)
+            if write is not None:
+                write(outcome)
+        return 0
+
+    try:
+        return run_cli(evaluate_and_report, debug=getattr(args, "debug", False) or debug_requested([]))
+    finally:
+        cleanup_distributed()
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m tools.engine.evaluate --checkpoint last.pth [--config c.yaml] [--split val2017]``:
     evaluate a checkpoint, print the table, optionally write the metrics as JSON (rank 0)."""
     import argparse
     import json
-    import sys
-
-    from tools.config.loader import ConfigError
-    from tools.engine.data import DataRootError
-    from tools.engine.distributed import cleanup_distributed
 
     parser = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
     add_checkpoint_arguments(parser)
     parser.add_argument("--json", "--out", dest="json", help="write the metrics to this JSON file")
     args = parser.parse_args(argv)
-    try:
-        outcome = run_from_args(args)
-    except (ConfigError, CheckpointError, DataRootError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        cleanup_distributed()
-    if _is_main():
-        print(outcome.table)
+
+    def write(outcome: EvalOutcome) -> None:
         if args.json:
             Path(args.json).write_text(json.dumps(outcome.metrics, indent=1), encoding="utf-8")
-    return 0
+
+    return run_checkpoint_cli(args, write)
 
 
 def _is_main() -> bool:
@@ -115,6 +127,7 @@ def add_checkpoint_arguments(parser: Any) -> None:
                         help="config override (repeatable)")
     parser.add_argument("--split", help="split to evaluate (default: data.val_split)")
     parser.add_argument("--data-root", help="COCO-layout dataset folder (default: data.root)")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of user errors too (or TOOLS_DEBUG=1)")
 
 
 def run_from_args(args: Any) -> EvalOutcome:

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from tools.config.loader import ConfigError
 from tools.config.schema import OptimConfig
 
 #: Norm layers whose parameters are excluded from weight decay by default.
@@ -59,7 +60,7 @@ def parameter_groups(
             "weight_decay": cfg.weight_decay if decay else 0.0,
         })
     if not groups:
-        raise ValueError("the model has no trainable parameters (everything frozen?)")
+        raise ConfigError("the model has no trainable parameters: lower model.backbone.frozen_stages")
     return groups
 
 

@@ -8,7 +8,7 @@ The training loop (:mod:`tools.engine.trainer`) knows nothing else about the tas
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from heads import build_detector, build_segmenter, counts_background, segmentation_loss
 from tools.config.schema import TrainConfig
+from tools.config.loader import ConfigError
 from tools.data import (
     CategoryMap,
     CocoDetection,
@@ -31,6 +32,7 @@ from tools.data import (
     collate_segmentation,
 )
 from tools.data.draw import draw_gt_and_predictions, save_png, to_uint8_image
+from tools.data.errors import DatasetError
 from tools.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from tools.engine.data import split_paths, subset_ids
 from tools.engine.distributed import DistContext
@@ -41,7 +43,7 @@ COCO_STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 def _check_num_classes(cfg: TrainConfig, category_map: CategoryMap) -> int:
     if cfg.model.num_classes is not None and cfg.model.num_classes != category_map.num_classes:
-        raise ValueError(
+        raise ConfigError(
             f"model.num_classes={cfg.model.num_classes} but the dataset's category map has "
             f"{category_map.num_classes} classes ({', '.join(category_map.names)}); set "
             "model.num_classes to null to take them from the dataset"
@@ -53,6 +55,8 @@ class Task:
     """Interface of a task adapter (see the module docstring)."""
 
     name = "task"
+    #: what the preflight checks annotations for ("segm": masks are read too)
+    check_iou_type = "bbox"
     #: parameter-name prefixes of the pretrained trunk (for ``optim.backbone_lr_mult``)
     trunk_prefixes: tuple[str, ...] = ("backbone.",)
 
@@ -60,6 +64,16 @@ class Task:
         self.cfg = cfg
         self.root = root
         self.category_map: CategoryMap | None = None
+        #: per split, what the preflight left out (data.skip_invalid)
+        self.exclusions: dict[str, Any] = {}
+
+    def _data_policy(self, split: str) -> dict[str, Any]:
+        """Dataset arguments for ``split``: records the preflight left out, and whether a file
+        that became unreadable since is skipped (``data.skip_invalid``) or stops the run."""
+        ex = self.exclusions.get(split)
+        return {"skip_unreadable": self.cfg.data.skip_invalid,
+                "skip_image_ids": ex.image_ids if ex else (),
+                "skip_annotation_ids": ex.annotation_ids if ex else ()}
 
     def build_datasets(self, train: bool = True, val: bool = True,
                        category_map: CategoryMap | None = None) -> tuple[Any, Any]:
@@ -110,6 +124,10 @@ class DetectionTask(Task):
         return ("bbox", "segm") if self.masks else ("bbox",)
 
     @property
+    def check_iou_type(self) -> str:
+        return "segm" if self.masks else "bbox"
+
+    @property
     def label_offset(self) -> int:
         """RetinaNet/FCOS take labels 0..K-1 (no background); the datasets give 1..K."""
         return 0 if counts_background(self.cfg.model.kind) else 1
@@ -122,7 +140,7 @@ class DetectionTask(Task):
             paths = split_paths(self.root, d.val_split)
             val_ds = CocoDetection(paths.images, paths.annotations, build_detection_transforms(False),
                                    return_masks=self.masks, categories=d.categories,
-                                   category_map=category_map)
+                                   category_map=category_map, **self._data_policy(d.val_split))
             category_map = self.category_map = val_ds.category_map
             subset_ids(val_ds, d.max_val_images)
         if train:
@@ -133,11 +151,12 @@ class DetectionTask(Task):
                 photometric=aug.photometric,
             )
             train_ds = CocoDetection(paths.images, paths.annotations, transforms, return_masks=self.masks,
-                                     categories=d.categories, category_map=category_map, skip_empty=True)
+                                     categories=d.categories, category_map=category_map, skip_empty=True,
+                                     **self._data_policy(d.train_split))
             self.category_map = train_ds.category_map
             subset_ids(train_ds, d.max_train_images)
             if len(train_ds) == 0:
-                raise ValueError(f"no training image with annotations in {paths.annotations}")
+                raise DatasetError(f"no training image with annotations in {paths.annotations}")
         return train_ds, val_ds
 
     def build_model(self, num_classes: int) -> nn.Module:
@@ -181,7 +200,8 @@ class DetectionTask(Task):
 
     def evaluate(self, model: nn.Module, loader: DataLoader, ctx: DistContext) -> tuple[dict[str, float], str]:
         dataset = loader.dataset
-        gt = restrict_gt(dataset.coco.dataset, dataset.ids, self.category_map.category_ids)
+        gt = restrict_gt(dataset.coco.dataset, dataset.ids, self.category_map.category_ids,
+                         dataset.skipped_annotation_ids)
         evaluator = CocoEvaluator(gt, self.iou_types, category_map=self.category_map,
                                   backend=self.cfg.eval.backend)
         model.eval()
@@ -197,7 +217,7 @@ class DetectionTask(Task):
             for row in res.per_category:
                 metrics[f"{iou_type}/AP-{row['name']}"] = row["AP"]
             tables.append(format_table(res))
-        return metrics, "\n".join(tables)
+        return _with_left_out(dataset, metrics, "\n".join(tables))
 
     def draw(self, model: nn.Module, dataset: Any, path: Path, device: torch.device) -> Path | None:
         n = min(self.cfg.eval.visualize, len(dataset))
@@ -213,15 +233,26 @@ class DetectionTask(Task):
         return save_png(_grid(tiles), path)
 
 
-def restrict_gt(gt: Mapping[str, Any], image_ids: Sequence[int],
-                category_ids: Sequence[int]) -> dict[str, Any]:
+def _with_left_out(dataset: Any, metrics: dict[str, float], table: str) -> tuple[dict[str, float], str]:
+    """Say how many ground-truth images ``data.skip_invalid`` left out of the score (never silent)."""
+    left_out = len(getattr(dataset, "skipped_image_ids", ()))
+    if not left_out:
+        return metrics, table
+    metrics = {**metrics, "eval/images_left_out": left_out}
+    return metrics, f"{table}\n({left_out} unreadable val images left out of the score: data.skip_invalid)"
+
+
+def restrict_gt(gt: Mapping[str, Any], image_ids: Sequence[int], category_ids: Sequence[int],
+                skipped_annotation_ids: Collection[int] = ()) -> dict[str, Any]:
     """The ground truth that is scored: the dataset's images (all of them unless
-    ``data.max_val_images`` cut the list) and the categories the model was trained on; other
-    categories' objects are neither scored nor listed, as they were not targets."""
+    ``data.max_val_images`` cut the list or ``data.skip_invalid`` left faulty ones out) and the
+    categories the model was trained on; other categories' objects are neither scored nor listed,
+    as they were not targets, and nor are annotations the preflight found faulty."""
     images, cats = set(image_ids), set(category_ids)
     return {**gt, "images": [i for i in gt["images"] if i["id"] in images],
             "annotations": [a for a in gt["annotations"]
-                            if a["image_id"] in images and a["category_id"] in cats],
+                            if a["image_id"] in images and a["category_id"] in cats
+                            and a["id"] not in skipped_annotation_ids],
             "categories": [c for c in gt["categories"] if c["id"] in cats]}
 
 
@@ -246,12 +277,12 @@ def build_detection_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
     options = dict(m.options)
     if m.box_head_dim is not None:
         if not counts_background(m.kind):
-            raise ValueError(f"model.box_head_dim applies to the R-CNNs, not {m.kind}")
+            raise ConfigError(f"model.box_head_dim applies to the R-CNNs, not {m.kind}")
         pool = 7
         options["box_head"] = TwoMLPHead(m.fpn.out_channels * pool * pool, m.box_head_dim)
         options["box_predictor"] = FastRCNNPredictor(m.box_head_dim, head_classes)
         if m.kind == "mask_rcnn":
-            raise ValueError("model.box_head_dim with mask_rcnn needs a mask_predictor; use options")
+            raise ConfigError("model.box_head_dim with mask_rcnn needs a mask_predictor; use options")
     return build_detector(m.kind, backbone=m.backbone.name, num_classes=head_classes,
                           backbone_options=backbone_options, **options)
 
@@ -264,6 +295,7 @@ class SegmentationTask(Task):
 
     name = "seg"
     trunk_prefixes = ("backbone.",)
+    check_iou_type = "segm"
 
     @property
     def collate(self):
@@ -281,7 +313,7 @@ class SegmentationTask(Task):
             paths = split_paths(self.root, d.val_split)
             val_ds = CocoSemantic(paths.images, paths.annotations,
                                   build_segmentation_transforms(False, eval_size=aug.eval_size),
-                                  category_map=category_map, **labels)
+                                  category_map=category_map, **labels, **self._data_policy(d.val_split))
             category_map = self.category_map = val_ds.category_map
             subset_ids(val_ds, d.max_val_images)
         if train:
@@ -292,11 +324,11 @@ class SegmentationTask(Task):
                 ignore_index=ignore,
             )
             train_ds = CocoSemantic(paths.images, paths.annotations, transforms, category_map=category_map,
-                                    skip_empty=True, **labels)
+                                    skip_empty=True, **labels, **self._data_policy(d.train_split))
             self.category_map = train_ds.category_map
             subset_ids(train_ds, d.max_train_images)
             if len(train_ds) == 0:
-                raise ValueError(f"no training image with labelled pixels in {paths.annotations}")
+                raise DatasetError(f"no training image with labelled pixels in {paths.annotations}")
         return train_ds, val_ds
 
     def build_model(self, num_classes: int) -> nn.Module:
@@ -334,7 +366,7 @@ class SegmentationTask(Task):
         for name, iou in zip(names, res["per_class_iou"]):
             out[f"seg/IoU-{name}"] = iou
             lines.append(f"{name:<12} IoU {iou * 100:6.2f}" if not math.isnan(iou) else f"{name:<12} IoU    n/a")
-        return out, "\n".join(lines)
+        return _with_left_out(loader.dataset, out, "\n".join(lines))
 
     @torch.no_grad()
     def draw(self, model: nn.Module, dataset: Any, path: Path, device: torch.device) -> Path | None:
@@ -369,7 +401,7 @@ def build_segmentation_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
     m = cfg.model
     options = {k: v for k, v in m.backbone.create_options().items() if k != "output_stride"}
     if m.backbone.output_stride not in (None, m.output_stride):
-        raise ValueError(
+        raise ConfigError(
             f"model.backbone.output_stride={m.backbone.output_stride} differs from "
             f"model.output_stride={m.output_stride}; set only model.output_stride for DeepLab"
         )

@@ -13,9 +13,11 @@ import json
 import logging
 import math
 import random
+import signal
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +29,9 @@ from tqdm import tqdm
 
 from backbones import optimize_for_inference
 from backbones.inference import use_gather_roi_align
-from tools.config.loader import config_to_yaml
+from tools.config.loader import ConfigError, config_to_yaml
 from tools.config.schema import TrainConfig
+from tools.data.errors import CocoFormatError, DatasetError, ImageLoadError
 from tools.engine import distributed as D
 from tools.engine.checkpoint import (
     CheckpointError,
@@ -43,6 +46,8 @@ from tools.engine.init_weights import init_model, init_trunk, report_record
 from tools.engine.metrics import JsonlWriter, SmoothedValues, format_metrics
 from tools.engine.optim import build_optimizer
 from tools.engine.precision import Precision, choose_precision
+from tools.engine.preflight import run_preflight
+from tools.engine.preemption import Preempted, StopSignals
 from tools.engine.schedule import build_scheduler
 from tools.engine.tasks import Task, _check_num_classes, make_task
 
@@ -143,6 +148,9 @@ class Trainer:
 
         root = prepare_data_root(cfg.data, self.ctx, (cfg.data.train_split, cfg.data.val_split))
         self.task: Task = make_task(cfg, root)
+        self.preflight = run_preflight(root, {"train": cfg.data.train_split, "val": cfg.data.val_split},
+                                       self.task.check_iou_type, cfg.data.skip_invalid)
+        self.task.exclusions = self.preflight.exclusions
         train_ds, self.val_ds = self.task.build_datasets()
         self.num_classes = _check_num_classes(cfg, self.task.category_map)
         self.train_ds = SeededAugmentation(train_ds, t.seed)
@@ -182,6 +190,7 @@ class Trainer:
         if t.max_iters is not None:
             self.total_iters = min(self.total_iters, t.max_iters)
         self.train_seconds = 0.0  # before the scheduler: a time-horizon schedule reads it
+        self._signals: StopSignals | None = None
         self.optimizer = build_optimizer(self.model_without_ddp, cfg.optim, cfg.data.batch_size,
                                          self.task.trunk_prefixes)
         self.scheduler = build_scheduler(self.optimizer, cfg.schedule, self.iters_per_epoch, self.total_iters,
@@ -304,14 +313,30 @@ class Trainer:
         return log
 
     def _stop_requested(self) -> bool:
-        """Whether to stop now; also makes rank 0's training clock every rank's, so the time limit
-        and a time-horizon schedule act identically on all ranks."""
+        """Whether to stop now (``max_iters``, ``time_limit_s``); raises :class:`Preempted` after
+        writing ``last.pth`` when any rank got SIGTERM/SIGINT. Also makes rank 0's training clock
+        every rank's, so the time limit and a time-horizon schedule act identically on all ranks."""
         t = self.cfg.train
-        self.train_seconds = float(D.broadcast_object(self.train_seconds))
+        received = self._signals.received if self._signals is not None else None
+        clocks = D.all_gather_object((self.train_seconds, received))  # one collective for both
+        self.train_seconds = float(clocks[0][0])
+        signum = next((sig for _, sig in clocks if sig is not None), None)
+        if signum is not None:
+            self._stop_for_signal(signum)
         stop = t.max_iters is not None and self.global_iter >= t.max_iters
         if t.time_limit_s is not None and self.train_seconds >= t.time_limit_s:
             stop = True
         return stop
+
+    def _stop_for_signal(self, signum: int) -> None:
+        name = signal.Signals(signum).name
+        self.save(LAST)
+        checkpoint = str(self.output_dir / LAST)
+        if self.ctx.is_main:
+            self.metrics.write({"type": "stop", "signal": name, "epoch": self.epoch,
+                                "iter_in_epoch": self.iter_in_epoch, "global_iter": self.global_iter,
+                                "train_seconds": round(self.train_seconds, 2), "checkpoint": checkpoint})
+        raise Preempted(name, self.global_iter, checkpoint)
 
     def _eta_seconds(self, sec_per_iter: float) -> float:
         """Training seconds left: the remaining iterations, capped by the time limit."""
@@ -340,7 +365,7 @@ class Trainer:
     def _update_best(self, metrics: dict[str, float]) -> bool:
         name = self.best["metric"]
         if name not in metrics:
-            raise ValueError(f"eval.best_metric {name!r} is not among the metrics: {sorted(metrics)}")
+            raise ConfigError(f"eval.best_metric {name!r} is not among the metrics: {sorted(metrics)}")
         value = metrics[name]
         if value is None or not math.isfinite(value):
             return False
@@ -350,91 +375,141 @@ class Trainer:
         return False
 
     def fit(self) -> RunResult:
-        """Train to the end (or ``max_iters`` / ``time_limit_s``), evaluate, draw; returns results."""
-        t = self.cfg.train
+        """Train to the end (or ``max_iters`` / ``time_limit_s``), evaluate, draw; returns results.
+
+        SIGTERM / SIGINT stop it after the current iteration with a resumable ``last.pth``
+        (:class:`Preempted`); a second signal ends the process at once.
+        """
+        self._log_start()
+        self._smooth = SmoothedValues(self.cfg.train.log_every)
+        self._cpu0 = cpu_seconds()
+        self._table = ""
+        self._evaluated_at = -1
+        self._progress = tqdm(total=self.total_iters, initial=self.global_iter, disable=not self.ctx.is_main,
+                              desc="train", dynamic_ncols=True, unit="it")
+        with StopSignals() as self._signals:
+            try:
+                stopped = self._stop_requested() if self.global_iter else False
+                while self.epoch < self.cfg.train.epochs and not stopped:
+                    stopped = self._train_epoch()
+                    if not stopped:
+                        self._end_of_epoch()
+            finally:
+                self._progress.close()
+                self._signals = None
+        if self._evaluated_at != self.global_iter:
+            self._evaluate_and_save()
+        png = self._draw_and_log_final()
+        D.barrier()
+        return RunResult(self.output_dir, dict(self.last_metrics), dict(self.best), self.global_iter,
+                         self.train_seconds, png, self._table)
+
+    def _log_start(self) -> None:
         if self.ctx.is_main:
+            self.metrics.write({"type": "preflight", **self.preflight.record()})
             n_params = sum(p.numel() for p in self.model_without_ddp.parameters())
             self.metrics.write({"type": "start", "world_size": self.ctx.world_size,
                                 "device": str(self.ctx.device), "iters_per_epoch": self.iters_per_epoch,
                                 "total_iters": self.total_iters, "params": n_params,
                                 "train_images": len(self.train_ds), "val_images": len(self.val_ds),
                                 **self.precision.record(), **self.init_records})
-        smooth = SmoothedValues(t.log_every)
-        self._cpu0 = cpu_seconds()
-        table = ""
-        stopped = self._stop_requested() if self.global_iter else False
-        progress = tqdm(total=self.total_iters, initial=self.global_iter, disable=not self.ctx.is_main,
-                        desc="train", dynamic_ncols=True, unit="it")
-        evaluated_at = -1
-        while self.epoch < t.epochs and not stopped:
-            self.train_ds.epoch = self.epoch
-            self.batch_sampler.set_epoch(self.epoch)
-            self.batch_sampler.set_start_batch(self.iter_in_epoch)
-            tic = time.time()
-            for batch in self.train_loader:
-                log = self._step(batch)
-                self.iter_in_epoch += 1
-                self.global_iter += 1
-                now = time.time()
-                self.train_seconds += now - tic
-                tic = now
-                smooth.update({k: v for k, v in log.items() if not k.startswith("grad_norm")})
-                progress.update(1)
-                if self.global_iter % t.log_every == 0 or self.global_iter == 1:
-                    vals = D.reduce_mean(log, self.ctx.device)
-                    if self.ctx.is_main:
-                        rate = self.train_seconds / max(self.global_iter, 1)
-                        self.metrics.write({
-                            "type": "train", "epoch": self.epoch + 1, "iter": self.iter_in_epoch,
-                            "global_iter": self.global_iter, "lr": self.optimizer.param_groups[0]["lr"],
-                            "sec_per_iter": round(rate, 4),
-                            "cpu_seconds": round(cpu_seconds() - self._cpu0, 1),
-                            "eta_s": round(self._eta_seconds(rate), 1), **vals})
-                        if t.time_limit_s is not None and rate > 0:  # the bar ends where the time limit will
-                            progress.total = min(self.total_iters,
-                                                 self.global_iter + round(self._eta_seconds(rate) / rate))
-                        progress.set_postfix_str(format_metrics(
-                            {"ep": self.epoch, "lr": self.optimizer.param_groups[0]["lr"],
-                             **{k: v for k, v in smooth.medians().items() if k == "loss"}}, 3))
-                if self.iter_in_epoch >= self.iters_per_epoch:
-                    self.epoch += 1
-                    self.iter_in_epoch = 0
-                if t.checkpoint_every_iters and self.global_iter % t.checkpoint_every_iters == 0:
-                    self.save(LAST)
-                stopped = self._stop_requested()
-                if stopped or self.iter_in_epoch == 0:
-                    break
-            if self.iter_in_epoch != 0 and not stopped:  # loader ran short (should not happen)
+
+    def _train_epoch(self) -> bool:
+        """Train from the current position to the end of the epoch or a stop; True if stopped."""
+        t = self.cfg.train
+        self.train_ds.epoch = self.epoch
+        self.batch_sampler.set_epoch(self.epoch)
+        self.batch_sampler.set_start_batch(self.iter_in_epoch)
+        tic = time.time()
+        for batch in self._batches():
+            log = self._step(batch)
+            self.iter_in_epoch += 1
+            self.global_iter += 1
+            now = time.time()
+            self.train_seconds += now - tic
+            tic = now
+            self._smooth.update({k: v for k, v in log.items() if not k.startswith("grad_norm")})
+            self._progress.update(1)
+            if self.global_iter % t.log_every == 0 or self.global_iter == 1:
+                self._log_train(log)
+            if self.iter_in_epoch >= self.iters_per_epoch:
                 self.epoch += 1
                 self.iter_in_epoch = 0
-            epoch_done = self.iter_in_epoch == 0
-            if epoch_done and not stopped:
-                if self.epoch % t.eval_every == 0 or self.epoch == t.epochs:
-                    metrics, table = self.evaluate()
-                    evaluated_at = self.global_iter
-                    if self._update_best(metrics):
-                        self.save(BEST, LAST)
-                    else:
-                        self.save(LAST)
-                else:
-                    self.save(LAST)
-        progress.close()
-        if evaluated_at != self.global_iter:
-            metrics, table = self.evaluate()
-            names = (BEST, LAST) if self._update_best(metrics) else (LAST,)
-            self.save(*names)
-        png = None
-        if self.ctx.is_main:
-            fast_model = optimize_for_inference(self.model_without_ddp, inplace=False)
-            png = self.task.draw(fast_model, self.val_ds, self.output_dir / PNG_NAME,
-                                 self.ctx.device)
-            self.metrics.write({"type": "final", "epoch": self.epoch, "global_iter": self.global_iter,
-                                "train_seconds": round(self.train_seconds, 2),
-                                "cpu_seconds": round(cpu_seconds() - self._cpu0, 1),
-                                "best": self.best, **self.last_metrics})
-        D.barrier()
-        return RunResult(self.output_dir, dict(self.last_metrics), dict(self.best), self.global_iter,
-                         self.train_seconds, png, table)
+            if t.checkpoint_every_iters and self.global_iter % t.checkpoint_every_iters == 0:
+                self.save(LAST)
+            if self._stop_requested():
+                return True
+            if self.iter_in_epoch == 0:
+                return False
+        if self.iter_in_epoch != 0:  # loader ran short (should not happen)
+            self.epoch += 1
+            self.iter_in_epoch = 0
+        return False
+
+    def _batches(self) -> Iterator[Any]:
+        """The loader's batches. A file that became unreadable after the preflight (without
+        ``data.skip_invalid``) stops the run, with ``last.pth`` written at the last finished
+        iteration first (single process; under DDP the last periodic checkpoint stands)."""
+        batches = iter(self.train_loader)
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            except (ImageLoadError, FileNotFoundError, CocoFormatError) as exc:
+                self._stop_for_data_fault(exc)
+            yield batch
+
+    def _stop_for_data_fault(self, exc: Exception) -> None:
+        detail = str(exc).strip().splitlines()[-1]  # a worker's error carries its traceback as text
+        saved = "the last periodic checkpoint stands"
+        if not self.ctx.distributed:
+            self.save(LAST)
+            saved = f"{self.output_dir / LAST} was written"
+        raise DatasetError(
+            f"{detail}\ntraining stopped after iteration {self.global_iter}; {saved}. Fix or remove the "
+            "file (or set data.skip_invalid=true to skip such files), then rerun with --resume") from None
+
+    def _log_train(self, log: dict[str, float]) -> None:
+        """A ``train`` line (losses averaged over ranks) and the progress bar's postfix."""
+        vals = D.reduce_mean(log, self.ctx.device)
+        if not self.ctx.is_main:
+            return
+        lr = self.optimizer.param_groups[0]["lr"]
+        rate = self.train_seconds / max(self.global_iter, 1)
+        self.metrics.write({
+            "type": "train", "epoch": self.epoch + 1, "iter": self.iter_in_epoch,
+            "global_iter": self.global_iter, "lr": lr, "sec_per_iter": round(rate, 4),
+            "cpu_seconds": round(cpu_seconds() - self._cpu0, 1),
+            "eta_s": round(self._eta_seconds(rate), 1), **vals})
+        if self.cfg.train.time_limit_s is not None and rate > 0:  # the bar ends where the time limit will
+            self._progress.total = min(self.total_iters, self.global_iter + round(self._eta_seconds(rate) / rate))
+        loss = {k: v for k, v in self._smooth.medians().items() if k == "loss"}
+        self._progress.set_postfix_str(format_metrics({"ep": self.epoch, "lr": lr, **loss}, 3))
+
+    def _end_of_epoch(self) -> None:
+        """Evaluate every ``eval_every`` epochs (and after the last), then checkpoint."""
+        t = self.cfg.train
+        if self.epoch % t.eval_every == 0 or self.epoch == t.epochs:
+            self._evaluate_and_save()
+        else:
+            self.save(LAST)
+
+    def _evaluate_and_save(self) -> None:
+        metrics, self._table = self.evaluate()
+        self._evaluated_at = self.global_iter
+        self.save(*((BEST, LAST) if self._update_best(metrics) else (LAST,)))
+
+    def _draw_and_log_final(self) -> Path | None:
+        if not self.ctx.is_main:
+            return None
+        fast_model = optimize_for_inference(self.model_without_ddp, inplace=False)
+        png = self.task.draw(fast_model, self.val_ds, self.output_dir / PNG_NAME, self.ctx.device)
+        self.metrics.write({"type": "final", "epoch": self.epoch, "global_iter": self.global_iter,
+                            "train_seconds": round(self.train_seconds, 2),
+                            "cpu_seconds": round(cpu_seconds() - self._cpu0, 1),
+                            "best": self.best, **self.last_metrics})
+        return png
 
 
 def train(cfg: TrainConfig, output_dir: str | Path, *, resume: bool | str = False) -> RunResult:
