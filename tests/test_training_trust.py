@@ -178,7 +178,7 @@ def test_checkpoint_without_a_trunk_is_a_clear_cli_error(shapes_root: Path, tmp_
 def test_seg_demo_without_the_detection_run_says_what_to_run_first(tmp_path: Path, monkeypatch,
                                                                    capsys) -> None:
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr("tools.engine.cli.REPO_ROOT", tmp_path)  # no runs/det/... anywhere
+    monkeypatch.setattr("tools.engine.cli.WEIGHTS_SEARCH_ROOTS", (tmp_path,))  # no runs/det/... anywhere
     assert cli_main("seg", ["--output-dir", str(tmp_path / "seg")]) == 2
     err = capsys.readouterr().err
     assert "runs/det/demo_shapes_faster_rcnn_r18/best.pth not found" in err

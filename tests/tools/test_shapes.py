@@ -86,3 +86,12 @@ def test_stated_properties(shapes_dataset):
     occluded = [a for a in val["annotations"] if not a["iscrowd"] and isinstance(a["segmentation"], dict)]
     assert len(occluded) >= 5  # overlaps happen, stored as RLE of the visible part
     assert len({(img["width"], img["height"]) for img in val["images"]}) >= 2
+
+
+def test_smallest_allowed_image_size_generates(tmp_path):
+    """``data.shapes.image_size`` admits 32 px: crowd regions must fit such images too (the
+    generator drew their centre from an empty range below 60 px)."""
+    root = tmp_path / "tiny"
+    make_shapes_dataset(root, 40, 1, 0, image_size=32, min_object_size=4.0, max_object_size=12.0)
+    data = json.loads((root / "annotations" / "instances_train2017.json").read_text())
+    assert len(data["images"]) == 40 and any(a["iscrowd"] for a in data["annotations"])

@@ -205,7 +205,8 @@ def _place(objs: list[_Obj], owner: np.ndarray, new_mask: np.ndarray) -> bool:
 
 
 def _crowd_mask(h: int, w: int, category: str, rng: np.random.Generator) -> np.ndarray:
-    cx, cy = rng.uniform(30, w - 30), rng.uniform(30, h - 30)
+    margin_x, margin_y = min(30.0, w / 2), min(30.0, h / 2)  # 30 px, less on images under 60 px
+    cx, cy = rng.uniform(margin_x, w - margin_x), rng.uniform(margin_y, h - margin_y)
     union = np.zeros((h, w), dtype=bool)
     for _ in range(int(rng.integers(5, 10))):
         poly = _shape_polygon(category, rng.uniform(5, 9), rng)
