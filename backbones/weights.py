@@ -89,6 +89,17 @@ def refused_for_objects(exc: BaseException, path: str | os.PathLike) -> bool:
     return zipfile.is_zipfile(path) or head == b"\x80"  # a torch archive, or a pickle (PROTO opcode)
 
 
+def pickled_objects_message(path: str | os.PathLike) -> str:
+    """What to tell a user whose file :func:`refused_for_objects`."""
+    return (
+        f"{path} contains code or Python objects other than tensors and plain containers, so it was "
+        "not loaded (loading such a file can run arbitrary code). If you trust the file, convert it "
+        "once to plain tensors:\n  python -c \"import torch; s = torch.load('OLD.pth', weights_only=False); "
+        "torch.save(s.get('model', s) if isinstance(s, dict) else s.state_dict(), 'NEW.pth')\"\n"
+        "and pass NEW.pth as model.weights or model.backbone.weights"
+    )
+
+
 class _ArrayUnpickler(pickle.Unpickler):
     """Unpickler for detectron2/caffe2 ``.pkl`` files that admits numpy arrays and nothing else."""
 
@@ -137,12 +148,7 @@ def _read_file(path: Path) -> Any:
     except pickle.UnpicklingError as err:
         if not refused_for_objects(err, path):
             raise WeightsFileError(f"{path} is not a readable checkpoint (corrupt or truncated?)") from None
-        raise WeightsFileError(
-            f"{path} contains code or Python objects other than tensors and plain containers, so it was "
-            "not loaded (loading such a file can run arbitrary code). If you trust the file, convert it once: "
-            "torch.save(torch.load(path, weights_only=False).state_dict(), new_path) for a pickled module, "
-            "or re-save the state dict inside it"
-        ) from None
+        raise WeightsFileError(pickled_objects_message(path)) from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, UnicodeDecodeError) as err:
         raise WeightsFileError(f"{path} is not a readable checkpoint (corrupt or truncated?): {err}") from err
 

@@ -292,34 +292,36 @@ def _wrap(items: list[str], indent: str, width: int = 100) -> list[str]:
 # ----------------------------------------------------------------------------- columns
 
 
+def _uniform_array(values: list[Any], kinds: str) -> np.ndarray | None:
+    """``np.array(values)`` when it is one-dimensional of a dtype kind in ``kinds`` (the fast
+    path: every value valid), else None."""
+    if not values:
+        return None
+    try:
+        arr = np.array(values)
+    except (ValueError, OverflowError, TypeError):
+        return None
+    return arr if arr.ndim == 1 and arr.dtype.kind in kinds else None
+
+
 def _as_int64(values: list[Any]) -> tuple[np.ndarray, np.ndarray]:
     """``values`` as int64 and a mask of the valid ones (Python ints; not bool, float or str)."""
     n = len(values)
-    if n:
-        try:
-            arr = np.array(values)
-        except (ValueError, OverflowError, TypeError):
-            arr = None
-        if arr is not None and arr.ndim == 1 and arr.dtype.kind == "i":  # fast path: all ints
-            return arr.astype(np.int64, copy=False), np.ones(n, dtype=bool)
+    arr = _uniform_array(values, "i")
+    if arr is not None:
+        return arr.astype(np.int64, copy=False), np.ones(n, dtype=bool)
     ok = np.fromiter((type(v) is int and -(2**63) <= v < 2**63 for v in values), bool, count=n)
-    arr = np.fromiter((v if k else 0 for v, k in zip(values, ok)), np.int64, count=n)
-    return arr, ok
+    return np.fromiter((v if k else 0 for v, k in zip(values, ok)), np.int64, count=n), ok
 
 
 def _as_float64(values: list[Any]) -> tuple[np.ndarray, np.ndarray]:
     """``values`` as float64 (NaN where invalid) and a mask of the numbers (int or float)."""
     n = len(values)
-    if n:
-        try:
-            arr = np.array(values)
-        except (ValueError, OverflowError, TypeError):
-            arr = None
-        if arr is not None and arr.ndim == 1 and arr.dtype.kind in "iuf":
-            return arr.astype(np.float64, copy=False), np.ones(n, dtype=bool)
+    arr = _uniform_array(values, "iuf")
+    if arr is not None:
+        return arr.astype(np.float64, copy=False), np.ones(n, dtype=bool)
     ok = np.fromiter((type(v) in (int, float) for v in values), bool, count=n)
-    arr = np.fromiter((float(v) if k else math.nan for v, k in zip(values, ok)), np.float64, count=n)
-    return arr, ok
+    return np.fromiter((float(v) if k else math.nan for v, k in zip(values, ok)), np.float64, count=n), ok
 
 
 def _is_box(value: Any) -> bool:

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from backbones.weights import refused_for_objects
+from backbones.weights import pickled_objects_message, refused_for_objects
 
 PathLike = str | os.PathLike[str]
 
@@ -70,13 +70,7 @@ def load_checkpoint(path: PathLike, map_location: str | torch.device = "cpu") ->
     except pickle.UnpicklingError as exc:
         if not refused_for_objects(exc, path):
             raise CheckpointError(f"cannot read checkpoint {path} (corrupt or truncated?)") from None
-        raise CheckpointError(
-            f"{path} contains code or Python objects other than tensors and plain containers, so it was "
-            "not loaded (loading such a file can run arbitrary code). If you trust the file, convert it "
-            "once to plain tensors:\n  python -c \"import torch; s = torch.load('OLD.pth', weights_only=False); "
-            "torch.save(s.get('model', s) if isinstance(s, dict) else s.state_dict(), 'NEW.pth')\"\n"
-            "and pass NEW.pth as model.weights or model.backbone.weights"
-        ) from None
+        raise CheckpointError(pickled_objects_message(path)) from None
     except Exception as exc:  # torch raises many types for corrupt files
         raise CheckpointError(f"cannot read checkpoint {path} (corrupt or truncated?): {exc}") from None
     if not isinstance(state, dict) or "model" not in state:
