@@ -25,6 +25,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     **{n: ("transforms", n) for n in ("IGNORE_INDEX", "IMAGENET_MEAN", "IMAGENET_STD", "DetectionTransform",
                                       "SegmentationTransform", "build_detection_transforms",
                                       "build_segmentation_transforms")},
+    **{n: ("palette", n) for n in ("class_colour", "colorize", "palette_array")},
     **{n: ("draw", n) for n in ("coco_to_drawable", "draw_gt_and_predictions", "draw_instances", "save_png",
                                 "to_uint8_image")},
 }
