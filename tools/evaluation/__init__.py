@@ -1,24 +1,32 @@
-"""COCO bbox/segm evaluation (pycocotools-exact) and semantic segmentation metrics."""
+"""COCO bbox/segm evaluation (pycocotools-exact) and semantic segmentation metrics.
 
-from tools.evaluation.backends import BACKENDS, CocoBackend, get_backend
-from tools.evaluation.coco_evaluator import (
-    STAT_NAMES,
-    CocoEvalResult,
-    CocoEvaluator,
-    format_table,
-    per_category_ap,
-    run_cocoeval,
-)
-from tools.evaluation.results import (
-    ResultsReport,
-    encode_masks,
-    prediction_to_results,
-    validate_results,
-)
-from tools.evaluation.seg_metrics import SegmentationMetrics, metrics_from_confusion
+Names are imported from their submodules on first use (PEP 562): scoring a results file needs
+neither torch nor the segmentation metrics.
+"""
 
-__all__ = [
-    "BACKENDS", "CocoBackend", "get_backend", "STAT_NAMES", "CocoEvalResult", "CocoEvaluator",
-    "format_table", "per_category_ap", "run_cocoeval", "ResultsReport", "encode_masks",
-    "prediction_to_results", "validate_results", "SegmentationMetrics", "metrics_from_confusion",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS: dict[str, str] = {
+    **dict.fromkeys(("BACKENDS", "CocoBackend", "get_backend"), "backends"),
+    **dict.fromkeys(("STAT_NAMES", "CocoEvalResult", "CocoEvaluator", "format_table", "per_category_ap",
+                     "run_cocoeval"), "coco_evaluator"),
+    **dict.fromkeys(("ResultsReport", "encode_masks", "prediction_to_results", "validate_results"), "results"),
+    **dict.fromkeys(("SegmentationMetrics", "metrics_from_confusion"), "seg_metrics"),
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'tools.evaluation' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"tools.evaluation.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,22 +1,34 @@
-"""Minimal torch.distributed helpers that degrade to no-ops in a single process."""
+"""Minimal torch.distributed helpers that degrade to no-ops in a single process.
+
+torch is not imported here: a process that never loaded torch has no process group, so the
+results-only evaluation (``tools/eval_coco.py --results``) starts without it.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import sys
+from typing import TYPE_CHECKING, Any
 
-import torch
-import torch.distributed as dist
+if TYPE_CHECKING:
+    import torch
+
+
+def _dist() -> Any:
+    torch = sys.modules.get("torch")
+    return getattr(torch, "distributed", None) if torch is not None else None
 
 
 def is_distributed() -> bool:
     """True when a default process group is initialised with more than one rank."""
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    dist = _dist()
+    return dist is not None and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def all_gather_objects(obj: Any) -> list[Any]:
     """Every rank's ``obj`` in rank order (``[obj]`` outside DDP)."""
     if not is_distributed():
         return [obj]
+    dist = _dist()
     gathered: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, obj)
     return gathered
@@ -29,6 +41,7 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """
     if not is_distributed():
         return tensor
+    dist = _dist()
     if dist.get_backend() == "nccl" and not tensor.is_cuda:
         work = tensor.cuda()
         dist.all_reduce(work, op=dist.ReduceOp.SUM)

@@ -5,14 +5,16 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from pycocotools import mask as mask_utils
 
 from tools.data.categories import CategoryMap
 from tools.data.errors import CocoFormatError
+
+if TYPE_CHECKING:  # torch is imported where tensors are converted: results-only tools run without it
+    import torch
 
 IOU_TYPES = ("bbox", "segm")
 
@@ -33,6 +35,8 @@ def _labels_to_category_ids(labels: torch.Tensor, category_map: CategoryMap, ima
 def encode_masks(masks: torch.Tensor, threshold: float = 0.5) -> list[dict[str, Any]]:
     """RLE-encode ``[N, 1, H, W]`` (or ``[N, H, W]``) mask probabilities thresholded at
     ``threshold`` (boolean/uint8 masks are taken as they are); ``counts`` are str for JSON."""
+    import torch
+
     if masks.ndim == 4:
         masks = masks[:, 0]
     if masks.dtype == torch.bool or masks.dtype == torch.uint8:
@@ -62,7 +66,9 @@ def prediction_to_results(
     out: dict[str, list[dict[str, Any]]] = {}
     if "bbox" in iou_types:
         boxes = prediction["boxes"].detach().cpu().float()
-        xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist() if len(boxes) else []
+        xywh = boxes.reshape(-1, 4).clone()
+        xywh[:, 2:] -= xywh[:, :2]
+        xywh = xywh.tolist()
         out["bbox"] = [
             {"image_id": int(image_id), "category_id": c, "bbox": b, "score": s}
             for c, b, s in zip(category_ids, xywh, scores)
