@@ -423,6 +423,9 @@ def optimize_for_inference(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"optimize_for_inference expects an nn.Module; got {type(model).__name__}")
+    if fuse and not fold:
+        raise ValueError("optimize_for_inference: fuse=True needs fold=True (a ReLU or residual add is "
+                         "fused into a conv whose norm has been folded into it); pass fuse=False too")
     if not inplace:
         model = copy.deepcopy(model)
     model.eval()

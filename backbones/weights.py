@@ -141,8 +141,11 @@ def _read_file(path: Path) -> Any:
             with open(path, "rb") as f:
                 return _ArrayUnpickler(f, encoding="latin1").load()
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
+            try:
+                from safetensors.torch import load_file
+            except ImportError:
+                raise WeightsFileError(f"{path}: reading .safetensors files needs the safetensors package "
+                                       "(pip install safetensors)") from None
             return load_file(str(path))
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:

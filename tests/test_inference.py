@@ -209,6 +209,10 @@ def test_bad_input():
         optimize_for_inference("resnet50")
     with pytest.raises(ValueError, match="eval mode"):
         fold_batch_norms(create_backbone("resnet18", out_features=("stem",)).train())
+    with pytest.raises(ValueError, match="fuse=True needs fold=True"):  # was a silent no-op fusion
+        optimize_for_inference(create_backbone("resnet18", out_features=("c2",)), fold=False)
+    plain = optimize_for_inference(create_backbone("resnet18", out_features=("c2",)), fold=False, fuse=False)
+    assert isinstance(plain.bn1, nn.BatchNorm2d) and not plain.training
 
 
 def test_unrequested_stages_cost_nothing():

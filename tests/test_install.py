@@ -19,8 +19,15 @@ def test_roi_align_runs():
     assert torch.allclose(out.flatten(), torch.tensor([5.0, 7.0, 13.0, 15.0]))
 
 
+def _minor(version: str) -> int:
+    return int(version.split("+")[0].split(".")[1])
+
+
 def test_versions_are_a_matching_pair():
-    # torchvision's build records the torch it was compiled against in its version's local part.
+    # torchvision 0.N is built for torch 2.(N - 15) (0.24 <-> 2.9, 0.29 <-> 2.14), and for the same
+    # build variant, recorded in the local version part (cu130, cpu, or none for the default).
+    assert _minor(torchvision.__version__) - 15 == _minor(torch.__version__), (torch.__version__,
+                                                                               torchvision.__version__)
     tv_local = torchvision.__version__.partition("+")[2]
     torch_local = torch.__version__.partition("+")[2]
     assert tv_local == torch_local, (torch.__version__, torchvision.__version__)
