@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
-import json
 import math
-import os
 import sys
-from pathlib import Path
 from typing import Any
 
 from tools.data import CategoryMap, CocoFormatError, read_json
 from tools.evaluation import BACKENDS, STAT_NAMES, CocoEvaluator, format_table
+from tools.files import atomic_write_json
 
 
 def _clean(value: Any) -> Any:
@@ -72,12 +70,7 @@ def evaluate_results_file(gt: str, results: str, iou_type: str = "bbox",
 
 
 def _write_json(path: str, metrics: dict[str, Any]) -> None:
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    tmp.write_text(json.dumps(_clean(metrics), indent=2), encoding="utf-8")
-    os.replace(tmp, out)
-    print(f"wrote {out}")
+    print(f"wrote {atomic_write_json(path, _clean(metrics), indent=2)}")
 
 
 def evaluate_checkpoint_args(args: argparse.Namespace) -> int:

@@ -33,6 +33,8 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from tools.files import atomic_write_json
+
 logger = logging.getLogger(__name__)
 
 GENERATOR_VERSION = 1
@@ -286,10 +288,7 @@ def _annotation(obj: _Obj, ann_id: int, image_id: int) -> dict[str, Any]:
 
 
 def _write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        json.dump(data, f, separators=(",", ":"), sort_keys=True)
-    os.replace(tmp, path)
+    atomic_write_json(path, data, separators=(",", ":"), sort_keys=True)
 
 
 def _generate_split(root: Path, split: str, split_index: int, count: int, params: ShapesParams) -> None:

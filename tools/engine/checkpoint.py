@@ -1,11 +1,10 @@
-"""Checkpoints written atomically (temp file + ``os.replace``) and the RNG states they carry."""
+"""Checkpoints written atomically (:mod:`tools.files`) and the RNG states they carry."""
 
 from __future__ import annotations
 
 import os
 import pickle
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -13,51 +12,23 @@ import numpy as np
 import torch
 
 from backbones.weights import pickled_objects_message, refused_for_objects
+from tools.files import atomic_path, atomic_write_bytes, atomic_write_text
 
 PathLike = str | os.PathLike[str]
+#: the atomic writers live in tools.files; re-exported for callers of this module
+__all__ = ["CheckpointError", "atomic_write_bytes", "atomic_write_text", "capture_rng_state",
+           "load_checkpoint", "restore_rng_state", "save_checkpoint"]
 
 
 class CheckpointError(ValueError):
     """A checkpoint file is missing, unreadable or lacks what resuming needs."""
 
 
-def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` via a temp file in the same folder and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def atomic_write_text(path: PathLike, text: str) -> Path:
-    """UTF-8 text version of :func:`atomic_write_bytes`."""
-    return atomic_write_bytes(path, text.encode("utf-8"))
-
-
 def save_checkpoint(path: PathLike, state: dict[str, Any]) -> Path:
     """``torch.save`` ``state`` to ``path`` atomically: a crash never leaves a partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(state, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return Path(path)
 
 
 def load_checkpoint(path: PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -229,11 +229,6 @@ class CocoEvaluator:
 
     def write_results(self, path: str | os.PathLike[str], iou_type: str | None = None) -> Path:
         """Write this rank's results of one IoU type as a COCO results JSON."""
-        import json
+        from tools.files import atomic_write_json
 
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(self.results(iou_type)), encoding="utf-8")
-        os.replace(tmp, path)
-        return path
+        return atomic_write_json(path, self.results(iou_type))
