@@ -47,7 +47,7 @@ def _config(**overrides) -> dict:
         ({"models": [{"model": "faster_rcnn", "type": "detector"}]}, r"needs 'backbone'"),
         ({"models": [{"model": "fastr_rcnn", "type": "detector", "backbone": "resnet50"}]}, r"unknown detector kind"),
         ({"models": [{"model": "resnet50", "peers": [{"source": "timm", "name": "resnet5"}]}]}, r"unknown timm model"),
-        ({"mdoels": []}, r"mdoels: unknown key"),
+        ({"mdoels": []}, r"unknown key 'mdoels'"),
         ({"device": "gpu"}, r"device"),
     ],
 )

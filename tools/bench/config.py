@@ -13,10 +13,7 @@ from typing import Any, Iterable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from tools.config.loader import ConfigError, load_config_dict
-
-MODEL_TYPES = ("backbone", "fpn_backbone", "detector", "segmenter")
-PEER_SOURCES = ("torchvision", "timm")
+from tools.config.loader import ConfigError, format_validation_error, load_config_dict
 
 
 class _Section(BaseModel):
@@ -155,28 +152,17 @@ class BenchConfig(_Section):
         return value
 
 
-def _format_error(exc: ValidationError, source: str) -> str:
-    lines = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "<top level>"
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key"
-        got = err.get("input")
-        shown = f" (got {got!r})" if err["type"] not in ("extra_forbidden", "missing") and not isinstance(got, dict) else ""
-        lines.append(f"{loc}: {msg}{shown}")
-    return f"invalid benchmark config {source}:\n  " + "\n  ".join(lines)
-
-
-def validate_bench_config(data: dict[str, Any], source: str = "<dict>") -> BenchConfig:
+def validate_bench_config(data: dict[str, Any], source: str = "<dict>",
+                          origin: dict[str, str] | None = None) -> BenchConfig:
     """Validate a benchmark config dict; problems raise :class:`ConfigError` naming each key."""
     try:
         return BenchConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_error(exc, source)) from None
+        raise ConfigError(format_validation_error(exc, origin or {}, source, BenchConfig,
+                                                  f"invalid benchmark config {source}")) from None
 
 
 def load_bench_config(path: str | Path, overrides: Iterable[str] = ()) -> BenchConfig:
     """Load a YAML benchmark config (with ``_base_`` files and ``key.sub=value`` overrides)."""
-    data, _ = load_config_dict(path, overrides)
-    return validate_bench_config(data, str(path))
+    data, origin = load_config_dict(path, overrides)
+    return validate_bench_config(data, str(path), origin)

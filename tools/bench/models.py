@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -11,17 +10,6 @@ from torch import nn
 from tools.bench.config import ModelSpec, PeerSpec
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-@dataclass
-class Subject:
-    """A model ready to measure: ``step()`` runs one batch; ``flop_step`` one batch for counting."""
-
-    label: str
-    model: nn.Module
-    kind: str  # backbone | fpn_backbone | detector | segmenter | classifier
-    inputs: Any
-    step: Callable[[], Any]
 
 
 class _TorchvisionFeatures(nn.Module):

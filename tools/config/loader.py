@@ -160,16 +160,16 @@ def _source_of(dotted: str, origin: Mapping[str, str], default: str) -> str:
 
 
 def format_validation_error(exc: ValidationError, origin: Mapping[str, str], default_source: str,
-                            root: type[BaseModel] = TrainConfig) -> str:
-    """One line per problem: the dotted key, the file that set it, the reason, the valid keys
-    (of the section in ``root``, the schema that was validated against)."""
+                            root: type[BaseModel] = TrainConfig, title: str = "invalid config") -> str:
+    """One line per problem: the dotted key (list positions included), the file that set it, the
+    reason, the valid keys (of the section in ``root``, the schema that was validated against)."""
     lines = []
     for err in exc.errors():
-        loc = [str(p) for p in err["loc"] if not isinstance(p, int)] or ["<top level>"]
-        dotted = ".".join(loc)
-        source = _source_of(dotted, origin, default_source)
-        section = _section_at(loc, root)
-        valid = f"; valid keys{' in ' + '.'.join(loc[:-1]) if len(loc) > 1 else ''}: " \
+        fields = [str(p) for p in err["loc"] if not isinstance(p, int)] or ["<top level>"]
+        dotted = ".".join(str(p) for p in err["loc"]) or "<top level>"
+        source = _source_of(".".join(fields), origin, default_source)
+        section = _section_at(fields, root)
+        valid = f"; valid keys{' in ' + '.'.join(fields[:-1]) if len(fields) > 1 else ''}: " \
                 f"{', '.join(section.model_fields)}" if section is not None else ""
         if err["type"] == "extra_forbidden":
             lines.append(f"unknown key {dotted!r} (set in {source}){valid}")
@@ -178,8 +178,8 @@ def format_validation_error(exc: ValidationError, origin: Mapping[str, str], def
         else:
             got = err.get("input")
             got_text = f" (got {got!r})" if not isinstance(got, dict) else ""
-            lines.append(f"{dotted}: {err['msg']}{got_text} (set in {source})")
-    return "invalid config:\n  " + "\n  ".join(lines)
+            lines.append(f"{dotted}: {err['msg'].removeprefix('Value error, ')}{got_text} (set in {source})")
+    return f"{title}:\n  " + "\n  ".join(lines)
 
 
 def validate_config(data: Mapping[str, Any], origin: Mapping[str, str] | None = None,

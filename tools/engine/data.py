@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -175,8 +174,3 @@ def subset_ids(dataset: Any, limit: int | None) -> None:
     """Keep only the first ``limit`` images of a COCO dataset (debug runs)."""
     if limit is not None:
         dataset.ids = dataset.ids[:limit]
-
-
-def env_path(value: str | os.PathLike[str]) -> Path:
-    """``~`` and environment variables expanded."""
-    return Path(os.path.expandvars(os.path.expanduser(str(value))))
