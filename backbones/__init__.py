@@ -12,6 +12,7 @@ from .converters import FORMATS as WEIGHT_FORMATS
 from .fpn import FPNBackbone, create_fpn_backbone
 from .inference import FusedConv2d, fold_batch_norms, optimize_for_inference
 from .trunk import TAPS, FeatureInfo, ResNet
+from .timm_models import register_timm_model, register_timm_models
 from .variants import OPTIONS, VARIANTS, UnknownBackboneError, create_backbone, get_variant, list_backbones
 from .weights import (
     LoadReport,
@@ -49,4 +50,6 @@ __all__ = [
     "load_weights",
     "optimize_for_inference",
     "read_state_dict",
+    "register_timm_model",
+    "register_timm_models",
 ]
