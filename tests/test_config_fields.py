@@ -156,6 +156,7 @@ COVERED: dict[str, str] = {
     "train.num_threads": "test_num_threads_sets_the_torch_threads",
     "train.channels_last": "tests/test_train_det.py::test_cpu_speedups_take_effect_and_train_alike",
     "train.fast_roi_align": "tests/test_train_det.py::test_cpu_speedups_take_effect_and_train_alike",
+    "train.tensorboard": "tests/test_tensorboard.py::test_tensorboard_mirrors_the_jsonl_scalars",
     # ---------------------------------------------------------------- eval
     "eval.backend": "test_eval_backend_picks_the_coco_implementation",
     "eval.best_metric": "test_best_metric_picks_the_checkpointed_metric",

@@ -11,24 +11,12 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
-import math
 import sys
 from typing import Any
 
 from tools.data import CategoryMap, CocoFormatError, read_json
 from tools.evaluation import BACKENDS, STAT_NAMES, CocoEvaluator, format_table
-from tools.files import atomic_write_json
-
-
-def _clean(value: Any) -> Any:
-    """NaN -> None so the metrics file is strict JSON."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_clean(v) for v in value]
-    return value
+from tools.files import atomic_write_json, json_safe
 
 
 def _versions(backend: str) -> dict[str, str]:
@@ -70,7 +58,7 @@ def evaluate_results_file(gt: str, results: str, iou_type: str = "bbox",
 
 
 def _write_json(path: str, metrics: dict[str, Any]) -> None:
-    print(f"wrote {atomic_write_json(path, _clean(metrics), indent=2)}")
+    print(f"wrote {atomic_write_json(path, json_safe(metrics), indent=2)}")
 
 
 def evaluate_checkpoint_args(args: argparse.Namespace) -> int:

@@ -5,6 +5,7 @@ uses (checkpoints, configs, metrics JSON, results, the generated dataset)."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -48,3 +49,17 @@ def atomic_write_text(path: PathLike, text: str) -> Path:
 def atomic_write_json(path: PathLike, data: Any, **dumps_options: Any) -> Path:
     """Write ``data`` as JSON to ``path`` atomically (``dumps_options`` go to ``json.dumps``)."""
     return atomic_write_text(path, json.dumps(data, **dumps_options))
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` as strict JSON: NaN and infinities become null, tuples lists, scalars with
+    ``.item()`` (numpy, torch) plain numbers, keys strings."""
+    if hasattr(value, "item") and callable(value.item) and not isinstance(value, (dict, list, tuple)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value

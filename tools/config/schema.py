@@ -259,6 +259,11 @@ class TrainLoopConfig(Section):
         description="detectors: RoI-align as a vectorised gather on CPU (backbones.use_gather_roi_align; "
         "same values up to float rounding; the CPU det demo step 0.46 -> 0.30 s); false keeps torchvision's kernel",
     )
+    tensorboard: bool = Field(
+        default=False,
+        description="also write the scalars of metrics.jsonl (train losses, lr, sec_per_iter; eval metrics) "
+        "as TensorBoard events to <run folder>/tensorboard/ (rank 0; needs pip install -e \".[tensorboard]\")",
+    )
 
 
 class EvalConfig(Section):

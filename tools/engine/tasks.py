@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
-from torchvision.utils import draw_segmentation_masks, make_grid
+from torchvision.utils import make_grid
 from tqdm import tqdm
 
 from heads import build_detector, build_segmenter, counts_background, segmentation_loss
@@ -31,7 +31,7 @@ from tools.data import (
     collate_detection,
     collate_segmentation,
 )
-from tools.data.draw import draw_gt_and_predictions, save_png, to_uint8_image
+from tools.data.draw import draw_gt_and_predictions, save_png
 from tools.data.errors import DatasetError
 from tools.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from tools.engine.data import split_paths, subset_ids
@@ -370,29 +370,23 @@ class SegmentationTask(Task):
 
     @torch.no_grad()
     def draw(self, model: nn.Module, dataset: Any, path: Path, device: torch.device) -> Path | None:
+        """The first ``eval.visualize`` val images, each as image | ground truth | prediction in
+        the fixed class palette (ignored pixels hatched), with a legend of the class names."""
+        from tools.data.draw import draw_segmentation_comparison
+
         n = min(self.cfg.eval.visualize, len(dataset))
         if n == 0:
             return None
         model.eval()
         mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
         std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-        k = self.category_map.num_classes + 1
-        palette = [(0, 0, 0)] + [tuple(int(c) for c in _colour(i)) for i in range(1, k)]
-        tiles = []
+        samples = []
         for i in range(n):
             image, mask = dataset[i]
             pred = model(image[None].to(device))["out"].argmax(1)[0].cpu()
-            rgb = to_uint8_image((image * std + mean).clamp(0, 1))
-            for labels in (mask, pred):
-                onehot = torch.stack([labels == c for c in range(1, k)])
-                tiles.append(draw_segmentation_masks(rgb, onehot, alpha=0.55, colors=palette[1:]))
-        return save_png(_grid(tiles), path)
-
-
-def _colour(i: int) -> tuple[int, int, int]:
-    base = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
-            (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212)]
-    return base[(i - 1) % len(base)]
+            samples.append(((image * std + mean).clamp(0, 1), mask, pred))
+        names = ["background", *self.category_map.names]
+        return save_png(draw_segmentation_comparison(samples, names, self.cfg.model.ignore_index), path)
 
 
 def build_segmentation_model(cfg: TrainConfig, num_classes: int) -> nn.Module:

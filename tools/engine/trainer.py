@@ -43,7 +43,7 @@ from tools.engine.checkpoint import (
 )
 from tools.engine.data import SeededAugmentation, build_eval_loader, build_train_loader, prepare_data_root
 from tools.engine.init_weights import init_model, init_trunk, report_record
-from tools.engine.metrics import JsonlWriter, SmoothedValues, format_metrics
+from tools.engine.metrics import JsonlWriter, SmoothedValues, TensorBoardMirror, format_metrics, summary_writer_class
 from tools.engine.optim import build_optimizer
 from tools.engine.precision import Precision, choose_precision
 from tools.engine.preflight import run_preflight
@@ -58,6 +58,8 @@ BEST = "best.pth"
 CONFIG_NAME = "config.yaml"
 METRICS_NAME = "metrics.jsonl"
 PNG_NAME = "predictions.png"
+#: TensorBoard event folder in the run folder (``train.tensorboard``)
+TENSORBOARD_DIR = "tensorboard"
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -136,6 +138,8 @@ class Trainer:
         self.resume = resume
         self.ctx = ctx or D.init_distributed(cfg.train.device)
         t = cfg.train
+        if t.tensorboard:
+            summary_writer_class()  # a missing tensorboard package stops the run before any work
         if t.num_threads:
             torch.set_num_threads(t.num_threads)
         if t.deterministic:
@@ -203,7 +207,8 @@ class Trainer:
         self.global_iter = 0
         self.best: dict[str, Any] = {"metric": cfg.best_metric, "value": None, "epoch": None}
         self.last_metrics: dict[str, float] = {}
-        self.metrics = JsonlWriter(self.output_dir / METRICS_NAME if self.ctx.is_main else None)
+        mirror = TensorBoardMirror(self.output_dir / TENSORBOARD_DIR) if t.tensorboard and self.ctx.is_main else None
+        self.metrics = JsonlWriter(self.output_dir / METRICS_NAME if self.ctx.is_main else None, mirror)
         if self.ctx.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.output_dir / CONFIG_NAME, config_to_yaml(cfg))
@@ -378,8 +383,15 @@ class Trainer:
         """Train to the end (or ``max_iters`` / ``time_limit_s``), evaluate, draw; returns results.
 
         SIGTERM / SIGINT stop it after the current iteration with a resumable ``last.pth``
-        (:class:`Preempted`); a second signal ends the process at once.
+        (:class:`Preempted`); a second signal ends the process at once. The TensorBoard writer
+        (``train.tensorboard``) is closed however it ends.
         """
+        try:
+            return self._fit()
+        finally:
+            self.metrics.close()
+
+    def _fit(self) -> RunResult:
         self._log_start()
         self._smooth = SmoothedValues(self.cfg.train.log_every)
         self._cpu0 = cpu_seconds()
