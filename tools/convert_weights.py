@@ -112,18 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
 
-    def guarded() -> int:
-        from tools.deploy.convert import ConversionError
 
-        try:
-            return run(args)
-        except ConversionError as exc:
-            if args.debug:
-                raise
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-
-    return run_cli(guarded, debug=args.debug or debug_requested([]))
+    return run_cli(lambda: run(args), debug=args.debug or debug_requested([]))
 
 
 if __name__ == "__main__":

@@ -31,6 +31,8 @@ USER_ERRORS = (
     "backbones.weights:WeightsMismatchError",
     "backbones.variants:UnknownBackboneError",
     "builtins:FileNotFoundError",
+    "tools.deploy.convert:ConversionError",
+    "tools.deploy.onnx_export:DeployError",
 )
 
 
@@ -51,11 +53,12 @@ def debug_requested(argv: list[str] | None = None) -> bool:
 
 
 def run_cli(main: Callable[[], int], *, debug: bool = False) -> int:
-    """Call ``main``; a user error becomes ``error: ...`` on stderr and exit code 2."""
+    """Call ``main``; a user error becomes ``error: ...`` on stderr and exit code 2 (or the
+    error's own ``exit_code``, e.g. 1 for an export whose check failed)."""
     try:
         return main()
     except Exception as exc:  # noqa: BLE001 - sorted into user errors and bugs just below
         if not is_user_error(exc) or debug:
             raise
         print(f"error: {exc}", file=sys.stderr)
-        return USER_ERROR_EXIT_CODE
+        return int(getattr(exc, "exit_code", USER_ERROR_EXIT_CODE))

@@ -143,18 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _validate(parser, args)
 
-    def guarded() -> int:
-        from tools.deploy.onnx_export import DeployError
-
-        try:
-            return run(args)
-        except DeployError as exc:
-            if args.debug:
-                raise
-            print(f"error: {exc}", file=sys.stderr)
-            return exc.exit_code
-
-    return run_cli(guarded, debug=args.debug or debug_requested([]))
+    return run_cli(lambda: run(args), debug=args.debug or debug_requested([]))
 
 
 if __name__ == "__main__":
