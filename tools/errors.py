@@ -60,5 +60,6 @@ def run_cli(main: Callable[[], int], *, debug: bool = False) -> int:
     except Exception as exc:  # noqa: BLE001 - sorted into user errors and bugs just below
         if not is_user_error(exc) or debug:
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank stops; one says why
+            print(f"error: {exc}", file=sys.stderr)
         return int(getattr(exc, "exit_code", USER_ERROR_EXIT_CODE))

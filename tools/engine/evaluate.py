@@ -15,7 +15,7 @@ from tools.data import CategoryMap
 from tools.engine import distributed as D
 from tools.engine.checkpoint import CheckpointError, load_checkpoint
 from tools.engine.data import build_eval_loader, prepare_data_root
-from tools.engine.preflight import run_preflight
+from tools.engine.preflight import run_preflight_once
 from tools.engine.tasks import make_task
 
 logger = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ def evaluate_checkpoint(
     ctx = ctx or D.init_distributed(cfg.train.device)
     root = prepare_data_root(cfg.data, ctx, (cfg.data.val_split,))
     task = make_task(cfg, root)
-    checked = run_preflight(root, {"val": cfg.data.val_split}, task.check_iou_type, cfg.data.skip_invalid)
+    checked = run_preflight_once(root, {"val": cfg.data.val_split}, task.check_iou_type, cfg.data.skip_invalid)
     task.exclusions = checked.exclusions
     saved = CategoryMap.from_dict(state["category_map"]) if "category_map" in state else None
     # the checkpoint's labels: a subset run scores only its categories, in its label order

@@ -67,6 +67,29 @@ def run_preflight(root: Path, splits: dict[str, str], iou_type: str, skip_invali
     return Preflight(reports, exclusions)
 
 
+def run_preflight_once(root: Path, splits: dict[str, str], iou_type: str, skip_invalid: bool) -> Preflight:
+    """:func:`run_preflight` on rank 0 only (under DDP the others receive its outcome, so the
+    files are read once, not once a rank); every rank raises the same :class:`DatasetError`."""
+    from tools.engine import distributed as D
+
+    outcome: tuple[str, Any] = ("", None)
+    if not D.is_initialized() or _rank() == 0:
+        try:
+            outcome = ("ok", run_preflight(root, splits, iou_type, skip_invalid))
+        except DatasetError as exc:
+            outcome = ("error", str(exc))
+    kind, value = D.broadcast_object(outcome)
+    if kind == "error":
+        raise DatasetError(value)
+    return value
+
+
+def _rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank()
+
+
 def _stop_message(report: SplitReport, role: str, skip_invalid: bool) -> str:
     if skip_invalid:
         hint = "these faults cannot be skipped (the split's structure or ids are broken); fix the file"

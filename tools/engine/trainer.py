@@ -46,7 +46,7 @@ from tools.engine.init_weights import init_model, init_trunk, report_record
 from tools.engine.metrics import JsonlWriter, SmoothedValues, TensorBoardMirror, format_metrics, summary_writer_class
 from tools.engine.optim import build_optimizer
 from tools.engine.precision import Precision, choose_precision
-from tools.engine.preflight import run_preflight
+from tools.engine.preflight import run_preflight_once
 from tools.engine.preemption import Preempted, StopSignals
 from tools.engine.schedule import build_scheduler
 from tools.engine.tasks import Task, _check_num_classes, make_task
@@ -152,7 +152,7 @@ class Trainer:
 
         root = prepare_data_root(cfg.data, self.ctx, (cfg.data.train_split, cfg.data.val_split))
         self.task: Task = make_task(cfg, root)
-        self.preflight = run_preflight(root, {"train": cfg.data.train_split, "val": cfg.data.val_split},
+        self.preflight = run_preflight_once(root, {"train": cfg.data.train_split, "val": cfg.data.val_split},
                                        self.task.check_iou_type, cfg.data.skip_invalid)
         self.task.exclusions = self.preflight.exclusions
         train_ds, self.val_ds = self.task.build_datasets()
