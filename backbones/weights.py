@@ -204,9 +204,14 @@ def adapt_input_conv(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
     return weight.repeat(1, repeats, 1, 1)[:, :in_channels] * (3.0 / in_channels)
 
 
+def is_classifier_key(key: str) -> bool:
+    """Whether ``key`` is an ImageNet classifier weight (torchvision/timm ``fc``, caffe2 ``pred_w``)."""
+    return bool(re.match(r"(fc|head\.fc|classifier|linear)\.|(pred|fc1000)_[wb]$", key))
+
+
 def _is_deliberately_skipped(key: str, model: nn.Module) -> bool:
     """Classifier weights and stages the model does not build (it stops at its deepest tap)."""
-    if re.match(r"(fc|head\.fc|classifier|linear)\.|(pred|fc1000)_[wb]$", key):
+    if is_classifier_key(key):
         return True
     m = re.match(r"layer(\d)\.", key)
     built = len(getattr(model, "stage_names", ("layer1", "layer2", "layer3", "layer4")))

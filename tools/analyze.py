@@ -11,12 +11,12 @@ matrices, per-class precision-recall curves (PNGs drawn with matplotlib's Agg ba
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
 
 from tools.errors import debug_requested, run_cli
+from tools.files import atomic_write_json
 
 EPILOG = """examples:
   # loss terms, lr and AP/mIoU of two runs overlaid
@@ -90,9 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=1), encoding="utf-8")
-    print(f"wrote {path}")
+    print(f"wrote {atomic_write_json(path, data, indent=1)}")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -11,8 +11,6 @@ Exit status: 0 usable (warnings allowed), 1 errors found, 2 usage error.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 from pathlib import Path
 
@@ -20,6 +18,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tools.data.checks import DatasetNotFoundError, check_dataset  # noqa: E402
+from tools.files import atomic_write_json  # noqa: E402
 
 EXAMPLE = """example:
   python tools/check_dataset.py --data-root data/coco --split train2017 --split val2017 \\
@@ -50,14 +49,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _write_json(path: str, data: dict) -> None:
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
-    os.replace(tmp, out)
-
-
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; returns the exit status (argparse's own exits become return values)."""
     parser = build_parser()
@@ -78,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     print(report.format())
     if args.json:
         try:
-            _write_json(args.json, report.to_dict())
+            atomic_write_json(args.json, report.to_dict(), indent=2)
         except OSError as exc:
             print(f"error: cannot write {args.json}: {exc}", file=sys.stderr)
             return 2

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -22,13 +21,12 @@ from typing import Any, Mapping
 import torch
 
 from backbones.converters import FORMATS, detect_format, to_native
-from backbones.weights import LoadReport, WeightsFileError, WeightsMismatchError, read_state_dict
+from backbones.weights import LoadReport, WeightsFileError, WeightsMismatchError, is_classifier_key, read_state_dict
+from tools.files import atomic_path
 
 #: Suffixes of the files ``save_state_dict`` writes: a ``torch.save`` dict, or safetensors.
 TORCH_SUFFIXES = (".pth", ".pt", ".bin")
 SAFETENSORS_SUFFIX = ".safetensors"
-#: Classifier weights of ImageNet checkpoints (torchvision/timm ``fc``, caffe2 ``pred_w``): not trunk.
-_CLASSIFIER = re.compile(r"(fc|head\.fc|classifier|linear)\.|(pred|fc1000)_[wb]$")
 
 
 class ConversionError(ValueError):
@@ -166,7 +164,7 @@ def convert_weights(
                           arch=arch, notes=list(report.notes), label=label)
     fmt = detect_format(state) if format == "auto" else format
     renamed, dropped = to_native(state, fmt, _inferred_model_keys(state, fmt))
-    classifier = [k for k in renamed if _CLASSIFIER.search(k)]
+    classifier = [k for k in renamed if is_classifier_key(k)]
     for key in classifier:
         del renamed[key]
     if not renamed:
@@ -199,18 +197,11 @@ def save_state_dict(state: Mapping[str, torch.Tensor], path: str | os.PathLike,
                 f"(or write a {TORCH_SUFFIXES[0]} file)"
             ) from None
         tensors = {k: v.clone() for k, v in tensors.items()}  # safetensors refuses tensors sharing memory
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         if suffix == SAFETENSORS_SUFFIX:
-            save_file(tensors, tmp, metadata=dict(metadata or {}))
+            save_file(tensors, str(tmp), metadata=dict(metadata or {}))
         else:
             torch.save(tensors, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 
