@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from tools.config.schema import TrainConfig, config_class
+from tools.config.schema import SchemaChoiceError, TrainConfig, config_class
 
 BASE_KEY = "_base_"
 SET_SOURCE = "--set"
@@ -187,8 +187,8 @@ def validate_config(data: Mapping[str, Any], origin: Mapping[str, str] | None = 
     """Validate a merged config dict; errors become a :class:`ConfigError` naming key and file."""
     try:
         schema = config_class(data)
-    except ValueError as exc:
-        raise ConfigError(f"invalid config:\n  {exc} (set in {_source_of('task', origin or {}, source)})") from None
+    except SchemaChoiceError as exc:
+        raise ConfigError(f"invalid config:\n  {exc} (set in {_source_of(exc.key, origin or {}, source)})") from None
     try:
         return schema.model_validate(data)
     except ValidationError as exc:

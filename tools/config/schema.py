@@ -323,16 +323,25 @@ class SegTrainConfig(TrainConfig):
 CONFIG_CLASSES: dict[str, type[TrainConfig]] = {"det": DetTrainConfig, "seg": SegTrainConfig}
 
 
+class SchemaChoiceError(ValueError):
+    """``task`` or ``model.kind`` names no schema; :attr:`key` is the one at fault."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
 def config_class(data: Any) -> type[TrainConfig]:
-    """The schema of a config dict, by its ``task``; a missing or unknown task is a ValueError."""
+    """The schema of a config dict, by its ``task``; a missing or unknown task, or a
+    ``model.kind`` of the other task, is a :class:`SchemaChoiceError`."""
     task = data.get("task") if isinstance(data, dict) else None
     if not isinstance(task, str) or task not in CONFIG_CLASSES:
         got = "missing" if task is None else f"got {task!r}"
-        raise ValueError(f"task: must be one of {', '.join(CONFIG_CLASSES)} ({got})")
+        raise SchemaChoiceError("task", f"task: must be one of {', '.join(CONFIG_CLASSES)} ({got})")
     kind = data["model"].get("kind") if isinstance(data.get("model"), dict) else None
     kinds = get_args(CONFIG_CLASSES[task].model_fields["model"].annotation.model_fields["kind"].annotation)
     if isinstance(kind, str) and kind not in kinds:
-        raise ValueError(f"model.kind {kind!r} is not a {task} model; choose one of {kinds}")
+        raise SchemaChoiceError("model.kind", f"model.kind {kind!r} is not a {task} model; choose one of {kinds}")
     return CONFIG_CLASSES[task]
 
 

@@ -20,8 +20,8 @@ from torchvision.utils import make_grid
 from tqdm import tqdm
 
 from heads import build_detector, build_segmenter, counts_background, segmentation_loss
-from tools.config.schema import TrainConfig
 from tools.config.loader import ConfigError
+from tools.config.schema import TrainConfig
 from tools.data import (
     CategoryMap,
     CocoDetection,

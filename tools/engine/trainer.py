@@ -15,9 +15,9 @@ import math
 import random
 import signal
 import time
+from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -152,8 +152,8 @@ class Trainer:
 
         root = prepare_data_root(cfg.data, self.ctx, (cfg.data.train_split, cfg.data.val_split))
         self.task: Task = make_task(cfg, root)
-        self.preflight = run_preflight_once(root, {"train": cfg.data.train_split, "val": cfg.data.val_split},
-                                       self.task.check_iou_type, cfg.data.skip_invalid)
+        splits = {"train": cfg.data.train_split, "val": cfg.data.val_split}
+        self.preflight = run_preflight_once(root, splits, self.task.check_iou_type, cfg.data.skip_invalid)
         self.task.exclusions = self.preflight.exclusions
         train_ds, self.val_ds = self.task.build_datasets()
         self.num_classes = _check_num_classes(cfg, self.task.category_map)
