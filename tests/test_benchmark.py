@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from backbones import create_backbone
-from tools.bench.config import BenchConfig, load_bench_config, validate_bench_config
-from tools.bench.measure import count_gmacs, summarize
-from tools.bench.report import markdown_table
-from tools.bench.runner import expand_rows, run_benchmark
-from tools.config.loader import ConfigError
+from backbones_tools.bench.config import BenchConfig, load_bench_config, validate_bench_config
+from backbones_tools.bench.measure import count_gmacs, summarize
+from backbones_tools.bench.report import markdown_table
+from backbones_tools.bench.runner import expand_rows, run_benchmark
+from backbones_tools.config.loader import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 REQUIRED = ("model", "input_size", "batch", "mode", "params", "gmacs", "latency_ms", "throughput",
@@ -77,7 +77,7 @@ def test_end_to_end_with_a_failing_row(tmp_path: Path):
     """Two rows in fresh subprocesses: one measured next to its torchvision peer, one that fails."""
     import yaml
 
-    from tools.benchmark import main
+    from backbones_tools.benchmark import main
 
     config = _config(
         models=[
@@ -122,7 +122,7 @@ def test_train_step_in_process():
 
 
 def test_bad_config_file_exits_2(tmp_path: Path, capsys):
-    from tools.benchmark import main
+    from backbones_tools.benchmark import main
 
     path = tmp_path / "bad.yaml"
     path.write_text("models: [{model: resnet50}]\nbatch_sizes: [-8]\n")

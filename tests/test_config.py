@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tools.config import ConfigError, TrainConfig, config_to_yaml, load_config, load_config_dict, parse_override
-from tools.engine.tasks import build_detection_model, build_segmentation_model
+from backbones_tools.config import ConfigError, TrainConfig, config_to_yaml, load_config, load_config_dict, parse_override
+from backbones_tools.engine.tasks import build_detection_model, build_segmentation_model
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(p for task in ("det", "seg") for p in (REPO / "configs" / task).glob("*.yaml"))
@@ -149,7 +149,7 @@ def test_every_config_is_found() -> None:
 def test_demos_share_the_generators_default_dataset() -> None:
     """Both demos read the dataset ``tools/make_shapes.py`` writes with no flags: switching between
     them (or generating first) reuses the cached ``data/shapes`` instead of regenerating it."""
-    from tools.data import ShapesParams
+    from backbones_tools.data import ShapesParams
 
     default = ShapesParams()
     for name in ("det/demo_shapes_faster_rcnn_r18.yaml", "seg/demo_shapes_deeplabv3plus_r18.yaml"):

@@ -34,15 +34,15 @@ from tests.test_train_det import tiny_overrides as det_overrides
 from tests.test_train_seg import DEMO as SEG_DEMO
 from tests.test_train_seg import SHAPES as SEG_SHAPES
 from tests.test_train_seg import tiny_overrides as seg_overrides
-from tools.config import ConfigError, load_config, load_config_dict, validate_config
-from tools.config.schema import DetTrainConfig, SegTrainConfig, Section, TrainConfig
-from tools.data import aspect_ratio_group_ids, make_shapes_dataset
-from tools.engine import Trainer, build_optimizer
-from tools.engine import trainer as trainer_mod
-from tools.engine.data import DataRootError, SeededAugmentation, build_eval_loader, prepare_data_root
-from tools.engine.distributed import DistContext
-from tools.engine.metrics import read_jsonl
-from tools.engine.tasks import (
+from backbones_tools.config import ConfigError, load_config, load_config_dict, validate_config
+from backbones_tools.config.schema import DetTrainConfig, SegTrainConfig, Section, TrainConfig
+from backbones_tools.data import aspect_ratio_group_ids, make_shapes_dataset
+from backbones_tools.engine import Trainer, build_optimizer
+from backbones_tools.engine import trainer as trainer_mod
+from backbones_tools.engine.data import DataRootError, SeededAugmentation, build_eval_loader, prepare_data_root
+from backbones_tools.engine.distributed import DistContext
+from backbones_tools.engine.metrics import read_jsonl
+from backbones_tools.engine.tasks import (
     DetectionTask,
     SegmentationTask,
     _check_num_classes,
@@ -305,8 +305,7 @@ def test_task_picks_the_adapter_and_the_model(det_root: Path, seg_root: Path) ->
 
 
 def test_output_dir_is_the_run_folder(tmp_path: Path, monkeypatch) -> None:
-    from tools.engine.cli import REPO_ROOT
-    from tools.engine.cli import main as cli_main
+    from backbones_tools.engine.cli import main as cli_main
 
     seen: list[Path] = []
 
@@ -315,9 +314,10 @@ def test_output_dir_is_the_run_folder(tmp_path: Path, monkeypatch) -> None:
         return trainer_mod.RunResult(Path(output_dir))
 
     monkeypatch.setattr(trainer_mod, "train", fake_train)
+    monkeypatch.chdir(tmp_path)  # the default run folder is relative to the working directory
     assert cli_main("det", ["--set", f"output_dir={tmp_path / 'mine'}"]) == 0
     assert cli_main("det", []) == 0
-    assert seen == [tmp_path / "mine", REPO_ROOT / "runs" / "det" / "demo_shapes_faster_rcnn_r18"]
+    assert [p.resolve() for p in seen] == [tmp_path / "mine", tmp_path / "runs" / "det" / "demo_shapes_faster_rcnn_r18"]
 
 
 # ============================================================================= model
@@ -921,7 +921,7 @@ def test_clip_grad_norm_bounds_the_update(det_root: Path, tmp_path: Path) -> Non
 
 
 def test_grad_norm_per_stage_logs_the_stage_norms(det_root: Path, tmp_path: Path) -> None:
-    from tools.engine.trainer import grad_norms_per_stage
+    from backbones_tools.engine.trainer import grad_norms_per_stage
 
     off, _, off_log = _one_step(det_cfg(det_root, "train.grad_norm_per_stage=false"), tmp_path / "off")
     on, _, on_log = _one_step(det_cfg(det_root, "train.grad_norm_per_stage=true"), tmp_path / "on")
@@ -992,7 +992,7 @@ def test_checkpoint_every_iters_saves_mid_epoch(fit_run) -> None:
 
 
 def test_seed_sets_the_initial_weights(det_trainer: Trainer, det_root: Path, tmp_path: Path) -> None:
-    from tools.engine.trainer import seed_everything
+    from backbones_tools.engine.trainer import seed_everything
 
     other = Trainer(det_cfg(det_root, "train.seed=1"), tmp_path / "run")
     a, b = det_trainer.model_without_ddp.state_dict(), other.model_without_ddp.state_dict()
@@ -1072,7 +1072,7 @@ def _perfect_predictions(task: DetectionTask, loader) -> list[dict[str, torch.Te
 
 
 def test_eval_backend_picks_the_coco_implementation(det_root: Path, monkeypatch) -> None:
-    import tools.evaluation.coco_evaluator as CE
+    import backbones_tools.evaluation.coco_evaluator as CE
 
     used: list[str] = []
     real = CE.get_backend

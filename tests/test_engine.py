@@ -11,12 +11,12 @@ import pytest
 import torch
 from torch import nn
 
-from tools.config.schema import OptimConfig, ScheduleConfig
-from tools.engine import build_optimizer, build_scheduler, load_checkpoint, lr_factor_fn, save_checkpoint, scaled_lr
-from tools.engine.checkpoint import CheckpointError, capture_rng_state, restore_rng_state
-from tools.engine.data import SeededAugmentation, ShardSampler, sample_seed
-from tools.engine.metrics import JsonlWriter, read_jsonl
-from tools.engine.trainer import grad_norms_per_stage, stage_of
+from backbones_tools.config.schema import OptimConfig, ScheduleConfig
+from backbones_tools.engine import build_optimizer, build_scheduler, load_checkpoint, lr_factor_fn, save_checkpoint, scaled_lr
+from backbones_tools.engine.checkpoint import CheckpointError, capture_rng_state, restore_rng_state
+from backbones_tools.engine.data import SeededAugmentation, ShardSampler, sample_seed
+from backbones_tools.engine.metrics import JsonlWriter, read_jsonl
+from backbones_tools.engine.trainer import grad_norms_per_stage, stage_of
 
 
 class Toy(nn.Module):
@@ -208,7 +208,7 @@ def test_seeded_augmentation_depends_only_on_seed_epoch_index() -> None:
 
 
 def test_real_albumentations_pipeline_is_reseeded() -> None:
-    from tools.data import build_detection_transforms
+    from backbones_tools.data import build_detection_transforms
 
     class D(torch.utils.data.Dataset):
         transforms = build_detection_transforms(True, min_sizes=(32, 40, 48, 56), max_size=100)

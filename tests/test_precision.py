@@ -8,7 +8,7 @@ import logging
 import pytest
 import torch
 
-from tools.engine import precision as P
+from backbones_tools.engine import precision as P
 
 CPU = torch.device("cpu")
 

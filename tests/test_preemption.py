@@ -16,11 +16,11 @@ import pytest
 import torch
 
 from tests.test_train_det import DEMO, SHAPES, env1, tiny_overrides
-from tools.data import make_shapes_dataset
-from tools.engine import load_checkpoint
-from tools.engine.cli import main as cli_main
-from tools.engine.metrics import read_jsonl
-from tools.engine.preemption import PREEMPTED_EXIT_CODE, StopSignals
+from backbones_tools.data import make_shapes_dataset
+from backbones_tools.engine import load_checkpoint
+from backbones_tools.engine.cli import main as cli_main
+from backbones_tools.engine.metrics import read_jsonl
+from backbones_tools.engine.preemption import PREEMPTED_EXIT_CODE, StopSignals
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_DET = str(REPO / "tools" / "train_det.py")
@@ -110,7 +110,7 @@ def test_sigterm_under_torchrun_then_resume_auto(shapes_root: Path, tmp_path: Pa
 
 
 def test_resume_auto_starts_fresh_without_a_checkpoint(tmp_path: Path) -> None:
-    from tools.engine.cli import resolve_resume
+    from backbones_tools.engine.cli import resolve_resume
 
     assert resolve_resume("auto", tmp_path) is False
     (tmp_path / "last.pth").write_bytes(b"")
@@ -184,7 +184,7 @@ def test_pickled_checkpoint_is_refused_in_our_words(shapes_root: Path, tmp_path:
 
 
 def test_debug_shows_the_traceback_of_a_user_error(shapes_root: Path, tmp_path: Path) -> None:
-    from tools.config import ConfigError
+    from backbones_tools.config import ConfigError
 
     with pytest.raises(ConfigError):
         cli_main("det", ["--config", str(DEMO), "--output-dir", str(tmp_path), "--set", "optim.lrr=1", "--debug"])
@@ -194,6 +194,6 @@ def test_a_bug_is_not_disguised_as_a_user_error(monkeypatch, tmp_path: Path) -> 
     def broken(*args, **kwargs):
         raise KeyError("a bug")
 
-    monkeypatch.setattr("tools.engine.cli.load_config", broken)
+    monkeypatch.setattr("backbones_tools.engine.cli.load_config", broken)
     with pytest.raises(KeyError):
         cli_main("det", ["--output-dir", str(tmp_path)])

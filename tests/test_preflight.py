@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 
 from tests.test_train_det import DEMO, SHAPES, tiny_overrides
-from tools.config import load_config
-from tools.data import make_shapes_dataset
-from tools.data.errors import DatasetError
-from tools.engine import Trainer, load_checkpoint
-from tools.engine.cli import main as cli_main
-from tools.engine.metrics import read_jsonl
+from backbones_tools.config import load_config
+from backbones_tools.data import make_shapes_dataset
+from backbones_tools.data.errors import DatasetError
+from backbones_tools.engine import Trainer, load_checkpoint
+from backbones_tools.engine.cli import main as cli_main
+from backbones_tools.engine.metrics import read_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +103,7 @@ def test_a_missing_val_image_stops_the_run_before_training(clean_root: Path, tmp
     assert "1 unreadable val images left out of the score" in capsys.readouterr().out
 
     # evaluating the checkpoint takes the same preflight (its saved config has skip_invalid on)
-    from tools import eval_coco
+    from backbones_tools import eval_coco
 
     ckpt = str(tmp_path / "run2" / "last.pth")
     assert eval_coco.main(["--checkpoint", ckpt, "--data-root", str(root), "--set", "data.skip_invalid=false"]) == 2

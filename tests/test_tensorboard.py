@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from tests.test_train_seg import DEMO, SHAPES, tiny_overrides
-from tools.config import ConfigError, load_config
-from tools.data import make_shapes_dataset
-from tools.engine import Trainer, train
-from tools.engine.metrics import read_jsonl
+from backbones_tools.config import ConfigError, load_config
+from backbones_tools.data import make_shapes_dataset
+from backbones_tools.engine import Trainer, train
+from backbones_tools.engine.metrics import read_jsonl
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # pycocotools
 

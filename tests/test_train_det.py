@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from tools.config import load_config
-from tools.data import make_shapes_dataset
-from tools.engine import NonFiniteLossError, Trainer, load_checkpoint, train
-from tools.engine.cli import main as cli_main
-from tools.engine.metrics import read_jsonl
+from backbones_tools.config import load_config
+from backbones_tools.data import make_shapes_dataset
+from backbones_tools.engine import NonFiniteLossError, Trainer, load_checkpoint, train
+from backbones_tools.engine.cli import main as cli_main
+from backbones_tools.engine.metrics import read_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "configs" / "det" / "demo_shapes_faster_rcnn_r18.yaml"
@@ -74,7 +74,7 @@ def test_tiny_run_writes_the_run_folder(shapes_root: Path, tmp_path: Path) -> No
     assert result.metrics["bbox/AP"] == evals[-1]["bbox/AP"] and result.png == out / "predictions.png"
 
     # eval_coco.py's checkpoint mode rebuilds the model from the saved config and gets the same AP.
-    from tools import eval_coco
+    from backbones_tools import eval_coco
 
     metrics_file = tmp_path / "metrics.json"
     assert eval_coco.main(["--checkpoint", str(out / "last.pth"), "--out", str(metrics_file)]) == 0
@@ -242,7 +242,7 @@ def test_torchrun_two_processes_train_and_evaluate_like_one(shapes_root: Path, t
     evals = [r for r in read_jsonl(run / "metrics.jsonl") if r["type"] == "eval"]
     assert evals and "bbox/AP" in evals[-1]
 
-    eval_args = ["-m", "tools.engine.evaluate", "--checkpoint", str(run / "last.pth")]
+    eval_args = ["-m", "backbones_tools.engine.evaluate", "--checkpoint", str(run / "last.pth")]
     subprocess.run([sys.executable, *eval_args, "--json", str(tmp_path / "one.json")], check=True, env=env1(),
                    timeout=300, cwd=REPO, stdout=subprocess.DEVNULL)
     subprocess.run(_torchrun(2, [*eval_args, "--json", str(tmp_path / "two.json")]), check=True, env=env1(),

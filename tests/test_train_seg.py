@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from tools.config import load_config
-from tools.data import make_shapes_dataset
-from tools.engine import Trainer, evaluate_checkpoint, load_checkpoint, train
-from tools.engine.cli import main as cli_main
-from tools.engine.metrics import read_jsonl
+from backbones_tools.config import load_config
+from backbones_tools.data import make_shapes_dataset
+from backbones_tools.engine import Trainer, evaluate_checkpoint, load_checkpoint, train
+from backbones_tools.engine.cli import main as cli_main
+from backbones_tools.engine.metrics import read_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "configs" / "seg" / "demo_shapes_deeplabv3plus_r18.yaml"

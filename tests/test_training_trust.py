@@ -16,12 +16,12 @@ from tests.test_train_det import SHAPES
 from tests.test_train_det import tiny_overrides as det_overrides
 from tests.test_train_seg import DEMO as SEG_DEMO
 from tests.test_train_seg import tiny_overrides as seg_overrides
-from tools.config import ConfigError, load_config
-from tools.data import make_shapes_dataset
-from tools.engine import Trainer, evaluate_checkpoint, load_checkpoint, train
-from tools.engine import precision as P
-from tools.engine.cli import main as cli_main
-from tools.engine.metrics import read_jsonl
+from backbones_tools.config import ConfigError, load_config
+from backbones_tools.data import make_shapes_dataset
+from backbones_tools.engine import Trainer, evaluate_checkpoint, load_checkpoint, train
+from backbones_tools.engine import precision as P
+from backbones_tools.engine.cli import main as cli_main
+from backbones_tools.engine.metrics import read_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -97,14 +97,14 @@ def test_detection_on_a_category_subset_trains_and_scores_only_the_subset(shapes
     assert per_class == ["bbox/AP-star", "bbox/AP-triangle"]
     state = load_checkpoint(tmp_path / "run" / "last.pth")
     assert state["category_map"]["category_ids"] == [2, 4]
-    # the checkpoint evaluation (eval_coco.py --checkpoint, python -m tools.engine.evaluate) agrees
+    # the checkpoint evaluation (eval_coco.py --checkpoint, python -m backbones_tools.engine.evaluate) agrees
     outcome = evaluate_checkpoint(tmp_path / "run" / "last.pth")
     assert outcome.metrics["bbox/AP"] == pytest.approx(result.metrics["bbox/AP"], abs=1e-12)
     assert sorted(k for k in outcome.metrics if k.startswith("bbox/AP-")) == per_class
 
 
 def test_subset_scoring_leaves_out_the_other_categories_ground_truth() -> None:
-    from tools.engine.tasks import restrict_gt
+    from backbones_tools.engine.tasks import restrict_gt
 
     gt = {"images": [{"id": 1}, {"id": 2}, {"id": 3}],
           "annotations": [{"id": 1, "image_id": 1, "category_id": 1},
@@ -177,7 +177,6 @@ def test_checkpoint_without_a_trunk_is_a_clear_cli_error(shapes_root: Path, tmp_
 def test_seg_demo_without_the_detection_run_says_what_to_run_first(tmp_path: Path, monkeypatch,
                                                                    capsys) -> None:
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr("tools.engine.cli.WEIGHTS_SEARCH_ROOTS", (tmp_path,))  # no runs/det/... anywhere
     assert cli_main("seg", ["--output-dir", str(tmp_path / "seg")]) == 2
     err = capsys.readouterr().err
     assert "runs/det/demo_shapes_faster_rcnn_r18/best.pth not found" in err

@@ -15,8 +15,11 @@ import logging
 import sys
 from pathlib import Path
 
-from tools.errors import debug_requested, run_cli
-from tools.files import atomic_write_json
+if __package__ in (None, ""):  # run as a file (python tools/x.py): tools/ itself must not shadow
+    sys.path.pop(0)            # top-level modules; the package is imported as backbones_tools
+
+from backbones_tools.errors import debug_requested, run_cli  # noqa: E402
+from backbones_tools.files import atomic_write_json  # noqa: E402
 
 EPILOG = """examples:
   # loss terms, lr and AP/mIoU of two runs overlaid
@@ -96,11 +99,11 @@ def _write_json(path: Path, data: dict) -> None:
 def run(args: argparse.Namespace) -> int:
     """Carry out a parsed command."""
     if args.command == "curves":
-        from tools.analysis.curves import curves
+        from backbones_tools.analysis.curves import curves
 
         print(f"wrote {curves(args.runs, args.out, args.title)}")
     elif args.command == "confusion":
-        from tools.analysis import confusion as C
+        from backbones_tools.analysis import confusion as C
 
         gt, results = C.load_detection_inputs(args.gt, args.results)
         matrix = C.detection_confusion(gt, results, args.iou, args.score_thresh)
@@ -110,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
         if args.json:
             _write_json(args.json, {"iou": args.iou, "score_thresh": args.score_thresh, **matrix.to_dict()})
     else:
-        from tools.analysis import confusion as C
+        from backbones_tools.analysis import confusion as C
 
         result = C.seg_confusion(args.run, args.checkpoint, args.split, args.data_root)
         print(f"mIoU {result.metrics['mIoU'] * 100:.2f}  pixel accuracy {result.metrics['pixel_accuracy'] * 100:.2f}")

@@ -16,13 +16,13 @@ import platform
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository importable, not tools/
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
+if __package__ in (None, ""):  # run as a file (python tools/x.py): tools/ itself must not shadow
+    sys.path.pop(0)            # top-level modules; the package is imported as backbones_tools
 
-from tools.bench.config import load_bench_config  # noqa: E402
-from tools.bench.report import markdown_table, write_reports  # noqa: E402
-from tools.bench.runner import run_benchmark  # noqa: E402
-from tools.config.loader import ConfigError  # noqa: E402
+from backbones_tools.bench.config import load_bench_config  # noqa: E402
+from backbones_tools.bench.report import markdown_table, write_reports  # noqa: E402
+from backbones_tools.bench.runner import run_benchmark  # noqa: E402
+from backbones_tools.config.loader import ConfigError  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

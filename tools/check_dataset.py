@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __package__ in (None, ""):  # run as a file (python tools/x.py): tools/ itself must not shadow
+    sys.path.pop(0)            # top-level modules; the package is imported as backbones_tools
 
-from tools.data.checks import DatasetNotFoundError, check_dataset  # noqa: E402
-from tools.files import atomic_write_json  # noqa: E402
+from backbones_tools.data.checks import DatasetNotFoundError, check_dataset  # noqa: E402
+from backbones_tools.files import atomic_write_json  # noqa: E402
 
 EXAMPLE = """example:
   python tools/check_dataset.py --data-root data/coco --split train2017 --split val2017 \\

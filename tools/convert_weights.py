@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __package__ in (None, ""):  # run as a file (python tools/x.py): tools/ itself must not shadow
+    sys.path.pop(0)            # top-level modules; the package is imported as backbones_tools
 
 FORMATS = ("auto", "torchvision", "timm", "res2net", "detectron2", "caffe2", "mmdet", "torchvision_detector")
 
@@ -54,7 +53,7 @@ def parse_options(items: list[str]) -> dict:
     """``KEY=VALUE`` strings to create_backbone options (values parsed as YAML: 1, true, [2, 3])."""
     import yaml
 
-    from tools.deploy.convert import ConversionError
+    from backbones_tools.deploy.convert import ConversionError
 
     options = {}
     for item in items:
@@ -70,7 +69,7 @@ def parse_options(items: list[str]) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     from backbones.weights import WeightsMismatchError
-    from tools.deploy.convert import convert_weights, save_state_dict
+    from backbones_tools.deploy.convert import convert_weights, save_state_dict
 
     options = parse_options(args.options)
     try:
@@ -107,7 +106,7 @@ def _problems(report) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point."""
-    from tools.errors import debug_requested, run_cli
+    from backbones_tools.errors import debug_requested, run_cli
 
     parser = build_parser()
     args = parser.parse_args(argv)

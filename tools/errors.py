@@ -21,18 +21,18 @@ DEBUG_ENV = "TOOLS_DEBUG"
 #: ``module:class`` of every exception that reports a user's mistake. Resolved lazily: a class
 #: whose module was never imported cannot have been raised.
 USER_ERRORS = (
-    "tools.config.loader:ConfigError",
-    "tools.engine.data:DataRootError",
-    "tools.engine.checkpoint:CheckpointError",
-    "tools.data.errors:CocoFormatError",
-    "tools.data.errors:ImageLoadError",
-    "tools.data.errors:DatasetError",
+    "backbones_tools.config.loader:ConfigError",
+    "backbones_tools.engine.data:DataRootError",
+    "backbones_tools.engine.checkpoint:CheckpointError",
+    "backbones_tools.data.errors:CocoFormatError",
+    "backbones_tools.data.errors:ImageLoadError",
+    "backbones_tools.data.errors:DatasetError",
     "backbones.weights:WeightsFileError",
     "backbones.weights:WeightsMismatchError",
     "backbones.variants:UnknownBackboneError",
     "builtins:FileNotFoundError",
-    "tools.deploy.convert:ConversionError",
-    "tools.deploy.onnx_export:DeployError",
+    "backbones_tools.deploy.convert:ConversionError",
+    "backbones_tools.deploy.onnx_export:DeployError",
 )
 
 

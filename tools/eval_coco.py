@@ -14,9 +14,12 @@ import importlib.metadata
 import sys
 from typing import Any
 
-from tools.data import CategoryMap, CocoFormatError, read_json
-from tools.evaluation import BACKENDS, STAT_NAMES, CocoEvaluator, format_table
-from tools.files import atomic_write_json, json_safe
+if __package__ in (None, ""):  # run as a file (python tools/x.py): tools/ itself must not shadow
+    sys.path.pop(0)            # top-level modules; the package is imported as backbones_tools
+
+from backbones_tools.data import CategoryMap, CocoFormatError, read_json  # noqa: E402
+from backbones_tools.evaluation import BACKENDS, STAT_NAMES, CocoEvaluator, format_table  # noqa: E402
+from backbones_tools.files import atomic_write_json, json_safe  # noqa: E402
 
 
 def _versions(backend: str) -> dict[str, str]:
@@ -64,7 +67,7 @@ def _write_json(path: str, metrics: dict[str, Any]) -> None:
 def evaluate_checkpoint_args(args: argparse.Namespace) -> int:
     """``--checkpoint`` mode: build the checkpoint's model (its saved config, or ``--config``),
     evaluate it on a split with the training engine's evaluation, print and write the metrics."""
-    from tools.engine.evaluate import run_checkpoint_cli
+    from backbones_tools.engine.evaluate import run_checkpoint_cli
 
     def write(outcome: Any) -> None:
         if args.out:

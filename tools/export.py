@@ -14,8 +14,8 @@ import sys
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __package__ in (None, ""):  # run as a file (python tools/x.py): tools/ itself must not shadow
+    sys.path.pop(0)            # top-level modules; the package is imported as backbones_tools
 
 EPILOG = """\
 examples:
@@ -83,8 +83,8 @@ def _validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None
 
 
 def run(args: argparse.Namespace) -> int:
-    """Build, export and check per parsed arguments (errors: see ``tools.deploy.onnx_export``)."""
-    from tools.deploy import onnx_export as ox
+    """Build, export and check per parsed arguments (errors: see ``backbones_tools.deploy.onnx_export``)."""
+    from backbones_tools.deploy import onnx_export as ox
 
     ox.require("onnx", *(() if args.no_check else ("onnxruntime",)))
     if args.exporter == "dynamo":
@@ -115,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
 
     inputs = ox.standard_checks(target)
     if args.image:
-        from tools.data import load_rgb
+        from backbones_tools.data import load_rgb
 
         x, note = target.image_input(load_rgb(args.image), args.image_size)
         inputs.append((f"image {args.image} ({note})", x))
@@ -137,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point."""
-    from tools.errors import debug_requested, run_cli
+    from backbones_tools.errors import debug_requested, run_cli
 
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -10,7 +10,10 @@ import argparse
 import sys
 import time
 
-from tools.data.shapes import ShapesParams, make_shapes_dataset
+if __package__ in (None, ""):  # run as a file (python tools/x.py): tools/ itself must not shadow
+    sys.path.pop(0)            # top-level modules; the package is imported as backbones_tools
+
+from backbones_tools.data.shapes import ShapesParams, make_shapes_dataset  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

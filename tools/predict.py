@@ -8,12 +8,11 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __package__ in (None, ""):  # run as a file (python tools/x.py): tools/ itself must not shadow
+    sys.path.pop(0)            # top-level modules; the package is imported as backbones_tools
 
-from tools.engine.predict import main  # noqa: E402
+from backbones_tools.engine.predict import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -9,12 +9,17 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __package__ in (None, ""):  # run as a file (python tools/x.py): tools/ itself must not shadow
+    sys.path.pop(0)            # top-level modules; the package is imported as backbones_tools
 
-from tools.engine.cli import main  # noqa: E402
+from backbones_tools.engine.cli import main as cli_main  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry point (``backbones-train-seg``)."""
+    return cli_main("seg", argv)
+
 
 if __name__ == "__main__":
-    sys.exit(main("seg"))
+    sys.exit(main())

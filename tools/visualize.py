@@ -11,7 +11,10 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from tools.data import (
+if __package__ in (None, ""):  # run as a file (python tools/x.py): tools/ itself must not shadow
+    sys.path.pop(0)            # top-level modules; the package is imported as backbones_tools
+
+from backbones_tools.data import (  # noqa: E402
     CategoryMap,
     CocoFormatError,
     coco_to_drawable,

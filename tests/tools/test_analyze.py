@@ -18,14 +18,14 @@ from tests.test_train_det import tiny_overrides as det_overrides
 from tests.test_train_seg import DEMO as SEG_DEMO
 from tests.test_train_seg import SHAPES as SEG_SHAPES
 from tests.test_train_seg import tiny_overrides as seg_overrides
-from tools import analyze
-from tools.analysis.confusion import detection_confusion, pr_curves, seg_confusion
-from tools.analysis.curves import load_run
-from tools.config import load_config
-from tools.data import make_shapes_dataset
-from tools.data.palette import IGNORE, class_colour
-from tools.engine import evaluate_checkpoint, train
-from tools.evaluation import metrics_from_confusion, per_category_ap, run_cocoeval
+from backbones_tools import analyze
+from backbones_tools.analysis.confusion import detection_confusion, pr_curves, seg_confusion
+from backbones_tools.analysis.curves import load_run
+from backbones_tools.config import load_config
+from backbones_tools.data import make_shapes_dataset
+from backbones_tools.data.palette import IGNORE, class_colour
+from backbones_tools.engine import evaluate_checkpoint, train
+from backbones_tools.evaluation import metrics_from_confusion, per_category_ap, run_cocoeval
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # pycocotools
 
@@ -207,10 +207,10 @@ def test_seg_confusion_is_the_evaluations_matrix(seg_run: Path, tmp_path: Path, 
         assert iou == pytest.approx(outcome.metrics[f"seg/IoU-{name}"], abs=1e-12, nan_ok=True)
 
     # the row sums are the val masks' labelled pixels per class
-    from tools.config.loader import validate_config
-    from tools.data import CategoryMap
-    from tools.engine import load_checkpoint
-    from tools.engine.tasks import make_task
+    from backbones_tools.config.loader import validate_config
+    from backbones_tools.data import CategoryMap
+    from backbones_tools.engine import load_checkpoint
+    from backbones_tools.engine.tasks import make_task
 
     state = load_checkpoint(seg_run / "best.pth")
     cfg = validate_config(state["config"])
@@ -236,7 +236,7 @@ def test_seg_confusion_errors(det_run: Path, tmp_path: Path, capsys) -> None:
 
 
 def test_segmentation_picture_panels_and_legend(seg_run: Path) -> None:
-    from tools.data.draw import HATCH_COLOUR, draw_segmentation_comparison, segmentation_panels
+    from backbones_tools.data.draw import HATCH_COLOUR, draw_segmentation_comparison, segmentation_panels
 
     image = torch.rand(3, 40, 60)
     target = torch.zeros(40, 60, dtype=torch.int64)

@@ -1,4 +1,4 @@
-"""tools/check_dataset.py and tools.data.checks: a clean shapes dataset passes; every planted
+"""tools/check_dataset.py and backbones_tools.data.checks: a clean shapes dataset passes; every planted
 fault is reported in its own group, naming the right annotation id or image file."""
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from tools import check_dataset
-from tools.data.checks import decode_rle_strings, inspect_image
-from tools.data.shapes import make_shapes_dataset
+from backbones_tools import check_dataset
+from backbones_tools.data.checks import decode_rle_strings, inspect_image
+from backbones_tools.data.shapes import make_shapes_dataset
 
 REPO = Path(__file__).resolve().parents[2]
 SHAPES = dict(num_train=8, num_val=4, seed=3, image_size=64, min_object_size=8.0,

@@ -12,8 +12,8 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from tools.data import CategoryMap
-from tools.evaluation import CocoEvaluator
+from backbones_tools.data import CategoryMap
+from backbones_tools.evaluation import CocoEvaluator
 
 _REFERENCE: dict[str, list[float]] = {}
 
@@ -128,7 +128,7 @@ def test_torchvision_outputs_are_converted(synthetic_eval):
 
 def test_ddp_gather_drops_duplicate_images(synthetic_eval, monkeypatch):
     """Two ranks' predictions are merged; an image padded onto both ranks counts once."""
-    import tools.evaluation.coco_evaluator as mod
+    import backbones_tools.evaluation.coco_evaluator as mod
 
     gt = synthetic_eval["gt"]
     cmap = CategoryMap.from_coco_categories(gt["categories"])

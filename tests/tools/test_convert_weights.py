@@ -13,8 +13,8 @@ import torch
 from backbones import create_backbone, load_weights
 from tests.helpers import randomize_norms_
 from tests.test_weights import _to_detectron2  # detectron2's names, restated independently of ours
-from tools import convert_weights as convert_cli
-from tools.deploy.convert import convert_weights, save_state_dict
+from backbones_tools import convert_weights as convert_cli
+from backbones_tools.deploy.convert import convert_weights, save_state_dict
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # pycocotools
 
@@ -109,9 +109,9 @@ def test_mmdet_deep_stem_checkpoint(tmp_path):
 def det_run(tmp_path_factory) -> Path:
     """A tiny Faster R-CNN R18 run (as tests/test_train_det.py trains it), one epoch."""
     from tests.test_train_det import DEMO, SHAPES, tiny_overrides
-    from tools.config import load_config
-    from tools.data import make_shapes_dataset
-    from tools.engine import train
+    from backbones_tools.config import load_config
+    from backbones_tools.data import make_shapes_dataset
+    from backbones_tools.engine import train
 
     root = tmp_path_factory.mktemp("shapes_det_convert")
     make_shapes_dataset(root, **SHAPES)
@@ -121,9 +121,9 @@ def det_run(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("arch", [None, "resnet18"])
 def test_detector_run_checkpoint(tmp_path, capsys, det_run, arch):
-    from tools.config.loader import validate_config
-    from tools.data import CategoryMap
-    from tools.engine.tasks import build_detection_model
+    from backbones_tools.config.loader import validate_config
+    from backbones_tools.data import CategoryMap
+    from backbones_tools.engine.tasks import build_detection_model
 
     dst = tmp_path / "trunk.pth"
     assert convert_cli.main([str(det_run), str(dst), *(["--arch", arch] if arch else [])]) == 0

@@ -15,7 +15,7 @@ from pycocotools import mask as mask_utils
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
-from tools.data import (
+from backbones_tools.data import (
     VOC_COCO_CATEGORY_IDS,
     CategoryMap,
     CocoDetection,

@@ -21,7 +21,7 @@ def _worker(rank: int, port: int, queue) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
     try:
-        from tools.evaluation import CocoEvaluator, SegmentationMetrics
+        from backbones_tools.evaluation import CocoEvaluator, SegmentationMetrics
 
         gt = {"images": [{"id": i, "file_name": f"{i}.png", "height": 40, "width": 40} for i in (1, 2, 3)],
               "annotations": [{"id": i, "image_id": i, "category_id": 1, "bbox": [0, 0, 10, 10],

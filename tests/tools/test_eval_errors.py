@@ -7,8 +7,8 @@ import copy
 import pytest
 import torch
 
-from tools.data import CocoFormatError
-from tools.evaluation import CocoEvaluator
+from backbones_tools.data import CocoFormatError
+from backbones_tools.evaluation import CocoEvaluator
 
 
 def _gt():

@@ -1,5 +1,5 @@
 """``tools/eval_coco.py`` scores a results file without loading torch or albumentations (they
-made ``--help`` take seconds), through the lazily importing ``tools.data`` and ``tools.evaluation``."""
+made ``--help`` take seconds), through the lazily importing ``backbones_tools.data`` and ``backbones_tools.evaluation``."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 PROBE = """
 import sys
-from tools import eval_coco
+from backbones_tools import eval_coco
 status = eval_coco.main(sys.argv[1:])
 heavy = sorted(m for m in ("torch", "albumentations", "cv2", "torchvision") if m in sys.modules)
 print("HEAVY", heavy, "STATUS", status)

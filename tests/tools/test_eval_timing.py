@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from tools.data import coco_from_dict
-from tools.evaluation import get_backend
+from backbones_tools.data import coco_from_dict
+from backbones_tools.evaluation import get_backend
 
 
 def _time_backend(gt: dict, results: list, iou_type: str, backend: str) -> tuple[float, float, list[float]]:

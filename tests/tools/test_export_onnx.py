@@ -1,5 +1,5 @@
 """tools/export.py: trunks, FPN backbones and trained models exported to ONNX compute in ONNX
-Runtime what they compute in PyTorch (within tools.deploy.onnx_export.RTOL of each output's scale),
+Runtime what they compute in PyTorch (within backbones_tools.deploy.onnx_export.RTOL of each output's scale),
 at several input sizes and batch sizes (dynamic axes); and the CLI's errors."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tools import export as export_cli
-from tools.deploy import onnx_export as ox
+from backbones_tools import export as export_cli
+from backbones_tools.deploy import onnx_export as ox
 
 needs_onnx = pytest.mark.skipif(
     not all(importlib.util.find_spec(m) for m in ("onnx", "onnxruntime")),
@@ -116,9 +116,9 @@ def test_dynamo_exporter(tmp_path):
 def seg_checkpoint(tmp_path_factory) -> Path:
     """A tiny DeepLabV3+ R18 trained one epoch on 64-px shapes (as tests/test_train_seg.py does)."""
     from tests.test_train_seg import DEMO, SHAPES, tiny_overrides
-    from tools.config import load_config
-    from tools.data import make_shapes_dataset
-    from tools.engine import train
+    from backbones_tools.config import load_config
+    from backbones_tools.data import make_shapes_dataset
+    from backbones_tools.engine import train
 
     root = tmp_path_factory.mktemp("shapes_seg_onnx")
     make_shapes_dataset(root, **SHAPES)
@@ -131,9 +131,9 @@ def seg_checkpoint(tmp_path_factory) -> Path:
 def det_checkpoint(tmp_path_factory) -> Path:
     """A tiny Faster R-CNN R18 (16-channel FPN, min_size 64) trained one epoch on 64-px shapes."""
     from tests.test_train_det import DEMO, SHAPES, tiny_overrides
-    from tools.config import load_config
-    from tools.data import make_shapes_dataset
-    from tools.engine import train
+    from backbones_tools.config import load_config
+    from backbones_tools.data import make_shapes_dataset
+    from backbones_tools.engine import train
 
     root = tmp_path_factory.mktemp("shapes_det_onnx")
     make_shapes_dataset(root, **SHAPES)

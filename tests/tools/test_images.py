@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tools.data import ImageLoadError, load_rgb
+from backbones_tools.data import ImageLoadError, load_rgb
 
 
 def test_grayscale_and_rgba(tmp_path):

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from tools.evaluation import SegmentationMetrics, metrics_from_confusion
+from backbones_tools.evaluation import SegmentationMetrics, metrics_from_confusion
 
 
 def test_hand_computed_confusion_matrix():

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from tools.data import SHAPES_CATEGORIES, ShapesParams, make_shapes_dataset
+from backbones_tools.data import SHAPES_CATEGORIES, ShapesParams, make_shapes_dataset
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 

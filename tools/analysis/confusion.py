@@ -21,9 +21,9 @@ recall points (``eval['precision'][T, R, K, A, M]``, area ``all``, ``maxDets`` 1
 IoU 0.5 and 0.75.
 
 Segmentation (:func:`seg_confusion`): the pixel confusion matrix of
-:class:`~tools.evaluation.SegmentationMetrics` (rows ground truth, columns prediction, background
+:class:`~backbones_tools.evaluation.SegmentationMetrics` (rows ground truth, columns prediction, background
 label 0 first, ``ignore_index`` pixels not counted), recomputed by evaluating a run's checkpoint on
-its val split the way :func:`tools.engine.evaluate_checkpoint` does.
+its val split the way :func:`backbones_tools.engine.evaluate_checkpoint` does.
 """
 
 from __future__ import annotations
@@ -44,10 +44,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torchvision.ops import box_iou
 
-from tools.analysis import AnalysisError
-from tools.data.categories import CategoryMap
-from tools.data.coco_json import read_json, validate_coco_gt
-from tools.evaluation import metrics_from_confusion, run_cocoeval, validate_results
+from backbones_tools.analysis import AnalysisError
+from backbones_tools.data.categories import CategoryMap
+from backbones_tools.data.coco_json import read_json, validate_coco_gt
+from backbones_tools.evaluation import metrics_from_confusion, run_cocoeval, validate_results
 
 #: cells are annotated with their numbers up to this many classes
 ANNOTATE_UP_TO = 30
@@ -182,16 +182,16 @@ def seg_confusion(run: str | os.PathLike[str], checkpoint: str = "best.pth", spl
                   data_root: str | None = None) -> SegConfusion:
     """Evaluate ``run/checkpoint`` (or a checkpoint path) on ``split`` (default the run's
     ``data.val_split``) and return the pixel confusion matrix, as
-    :func:`tools.engine.evaluate_checkpoint` builds the model and loader (the checkpoint's config
+    :func:`backbones_tools.engine.evaluate_checkpoint` builds the model and loader (the checkpoint's config
     and category map, the preflight's exclusions)."""
     from backbones import optimize_for_inference
-    from tools.config.loader import validate_config
-    from tools.engine import distributed as D
-    from tools.engine.checkpoint import load_checkpoint
-    from tools.engine.data import build_eval_loader, prepare_data_root
-    from tools.engine.preflight import run_preflight
-    from tools.engine.tasks import make_task
-    from tools.evaluation import SegmentationMetrics
+    from backbones_tools.config.loader import validate_config
+    from backbones_tools.engine import distributed as D
+    from backbones_tools.engine.checkpoint import load_checkpoint
+    from backbones_tools.engine.data import build_eval_loader, prepare_data_root
+    from backbones_tools.engine.preflight import run_preflight
+    from backbones_tools.engine.tasks import make_task
+    from backbones_tools.evaluation import SegmentationMetrics
 
     path = Path(run)
     path = path / checkpoint if path.is_dir() else path

@@ -18,8 +18,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from tools.analysis import AnalysisError
-from tools.engine.metrics import read_jsonl
+from backbones_tools.analysis import AnalysisError
+from backbones_tools.engine.metrics import read_jsonl
 
 logger = logging.getLogger(__name__)
 

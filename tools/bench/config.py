@@ -1,4 +1,4 @@
-"""Benchmark config: pydantic schema and loading (``_base_`` and ``--set`` via ``tools.config``).
+"""Benchmark config: pydantic schema and loading (``_base_`` and ``--set`` via ``backbones_tools.config``).
 
 A config lists models (trunks, FPN backbones, detectors, segmenters) with their options and
 optional reference peers from torchvision or timm, plus the grid of input sizes and batch sizes
@@ -13,7 +13,7 @@ from typing import Any, Iterable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from tools.config.loader import ConfigError, format_validation_error, load_config_dict
+from backbones_tools.config.loader import ConfigError, format_validation_error, load_config_dict
 
 
 class _Section(BaseModel):

@@ -7,7 +7,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from tools.bench.config import ModelSpec, PeerSpec
+from backbones_tools.bench.config import ModelSpec, PeerSpec
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 

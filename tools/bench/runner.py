@@ -7,14 +7,11 @@ import os
 import subprocess
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
-from tools.bench.config import BenchConfig, ModelSpec
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from backbones_tools.bench.config import BenchConfig, ModelSpec
 
 
 @dataclass(frozen=True)
@@ -43,7 +40,6 @@ def expand_rows(config: BenchConfig) -> list[Row]:
 
 def _subprocess_env(config: BenchConfig) -> dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     if config.threads:
         env["OMP_NUM_THREADS"] = str(config.threads)
     return env
@@ -51,19 +47,18 @@ def _subprocess_env(config: BenchConfig) -> dict[str, str]:
 
 def run_row_subprocess(config: BenchConfig, row: Row) -> dict[str, Any]:
     """Measure ``row`` in a fresh Python process; a crash, kill or timeout becomes an error record."""
-    from tools.bench.worker import RESULT_PREFIX, error_record
+    from backbones_tools.bench.worker import RESULT_PREFIX, error_record
 
     request = json.dumps({"config": config.model_dump(mode="json"), "model_index": row.model_index,
                           "size": row.size, "batch": row.batch})
     try:
         proc = subprocess.run(
-            [sys.executable, "-m", "tools.bench.worker"],
+            [sys.executable, "-m", "backbones_tools.bench.worker"],
             input=request,
             capture_output=True,
             text=True,
             timeout=config.row_timeout_s,
             env=_subprocess_env(config),
-            cwd=REPO_ROOT,
         )
     except subprocess.TimeoutExpired:
         return error_record(config, row.spec, row.size, row.batch, f"timed out after {config.row_timeout_s:g} s")
@@ -80,7 +75,7 @@ def run_row_subprocess(config: BenchConfig, row: Row) -> dict[str, Any]:
 
 def run_benchmark(config: BenchConfig, *, progress: bool = True) -> list[dict[str, Any]]:
     """Measure every row of ``config``; returns one record per row (failed rows included)."""
-    from tools.bench.worker import run_row_safely
+    from backbones_tools.bench.worker import run_row_safely
 
     rows = expand_rows(config)
     records = []

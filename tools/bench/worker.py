@@ -1,6 +1,6 @@
 """Measure one benchmark row (a model at one input size and batch size), in this process.
 
-Run as ``python -m tools.bench.worker`` it reads ``{"config": ..., "model_index": i, "size": s,
+Run as ``python -m backbones_tools.bench.worker`` it reads ``{"config": ..., "model_index": i, "size": s,
 "batch": b}`` as JSON on stdin and prints the row's record as one JSON line prefixed with
 :data:`RESULT_PREFIX`, so that each row gets a fresh process (clean peak memory, no cached state).
 """
@@ -15,9 +15,9 @@ from typing import Any
 
 import torch
 
-from tools.bench.config import BenchConfig, ModelSpec
-from tools.bench.measure import count_gmacs, count_params, peak_memory_mb, reset_peak_memory, summarize, time_interleaved
-from tools.bench.models import DTYPES, build_ours, build_peer, make_inputs, make_step, share_weights
+from backbones_tools.bench.config import BenchConfig, ModelSpec
+from backbones_tools.bench.measure import count_gmacs, count_params, peak_memory_mb, reset_peak_memory, summarize, time_interleaved
+from backbones_tools.bench.models import DTYPES, build_ours, build_peer, make_inputs, make_step, share_weights
 
 RESULT_PREFIX = "BENCH_RESULT "
 MEMORY_FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}

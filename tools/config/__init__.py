@@ -1,6 +1,6 @@
 """Training configs: typed schema, YAML loading with ``_base_`` and ``--set`` overrides."""
 
-from tools.config.loader import (
+from backbones_tools.config.loader import (
     ConfigError,
     apply_overrides,
     config_to_yaml,
@@ -9,7 +9,7 @@ from tools.config.loader import (
     parse_override,
     validate_config,
 )
-from tools.config.schema import DET_KINDS, SEG_KINDS, TrainConfig
+from backbones_tools.config.schema import DET_KINDS, SEG_KINDS, TrainConfig
 
 __all__ = [
     "ConfigError", "DET_KINDS", "SEG_KINDS", "TrainConfig", "apply_overrides", "config_to_yaml",

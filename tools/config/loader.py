@@ -3,7 +3,7 @@
 A config file may name one or more base files (``_base_: ../base.yaml`` or a list, relative to
 the file); bases are merged first, in order, then the file itself, dict by dict (lists and
 scalars replace). ``--set`` overrides come last. The merged dict is validated against
-:class:`tools.config.schema.TrainConfig`; an error names the key, the file that set it and the
+:class:`backbones_tools.config.schema.TrainConfig`; an error names the key, the file that set it and the
 valid keys at that level.
 """
 
@@ -17,7 +17,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from tools.config.schema import SchemaChoiceError, TrainConfig, config_class
+from backbones_tools.config.shipped import find_config
+from backbones_tools.config.schema import SchemaChoiceError, TrainConfig, config_class
 
 BASE_KEY = "_base_"
 SET_SOURCE = "--set"
@@ -196,8 +197,9 @@ def validate_config(data: Mapping[str, Any], origin: Mapping[str, str] | None = 
 
 
 def load_config_dict(path: PathLike, overrides: Iterable[str] = ()) -> tuple[dict[str, Any], dict[str, str]]:
-    """The merged (not yet validated) dict of ``path`` plus overrides, and each key's source."""
-    data, origin = _load_tree(Path(path))
+    """The merged (not yet validated) dict of ``path`` plus overrides, and each key's source.
+    A relative ``path`` that does not exist names a shipped config (:func:`find_config`)."""
+    data, origin = _load_tree(find_config(path))
     apply_overrides(data, overrides, origin)
     return data, origin
 
@@ -205,7 +207,7 @@ def load_config_dict(path: PathLike, overrides: Iterable[str] = ()) -> tuple[dic
 def load_config(path: PathLike, overrides: Iterable[str] = ()) -> TrainConfig:
     """Load, merge (``_base_``), override (``key.sub=value``) and validate a config file."""
     data, origin = load_config_dict(path, overrides)
-    return validate_config(data, origin, str(Path(path)))
+    return validate_config(data, origin, str(find_config(path)))
 
 
 def config_to_yaml(cfg: TrainConfig) -> str:

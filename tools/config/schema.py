@@ -112,7 +112,7 @@ class ShapesConfig(Section):
 
 
 class DetAugConfig(Section):
-    """Detection augmentation (see ``tools.data.build_detection_transforms``)."""
+    """Detection augmentation (see ``backbones_tools.data.build_detection_transforms``)."""
 
     min_sizes: list[int] = Field(default_factory=lambda: [640, 672, 704, 736, 768, 800])
     max_size: int = 1333
@@ -121,7 +121,7 @@ class DetAugConfig(Section):
 
 
 class SegAugConfig(Section):
-    """Segmentation augmentation (see ``tools.data.build_segmentation_transforms``)."""
+    """Segmentation augmentation (see ``backbones_tools.data.build_segmentation_transforms``)."""
 
     base_size: int = 520
     crop_size: int = 480

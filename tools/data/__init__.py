@@ -35,9 +35,9 @@ __all__ = list(_EXPORTS)
 
 def __getattr__(name: str) -> Any:
     if name not in _EXPORTS:
-        raise AttributeError(f"module 'tools.data' has no attribute {name!r}")
+        raise AttributeError(f"module 'backbones_tools.data' has no attribute {name!r}")
     module, attribute = _EXPORTS[name]
-    value = getattr(importlib.import_module(f"tools.data.{module}"), attribute)
+    value = getattr(importlib.import_module(f"backbones_tools.data.{module}"), attribute)
     globals()[name] = value
     return value
 

@@ -6,7 +6,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from tools.data.errors import CocoFormatError
+from backbones_tools.data.errors import CocoFormatError
 
 
 @dataclass(frozen=True)

@@ -32,8 +32,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from tools.data.coco_json import read_json
-from tools.data.errors import CocoFormatError
+from backbones_tools.data.coco_json import read_json
+from backbones_tools.data.errors import CocoFormatError
 
 PathLike = str | os.PathLike[str]
 Log = Callable[[str], None]
@@ -873,7 +873,7 @@ def _has_end_marker(f: Any, fmt: str | None) -> bool:
 
 
 def _upright_size(img: Image.Image) -> tuple[int, int]:
-    """Size after EXIF orientation, as tools.data.images.load_rgb returns the image."""
+    """Size after EXIF orientation, as backbones_tools.data.images.load_rgb returns the image."""
     w, h = img.size
     # For PNG, getexif() decodes the whole image unless an eXIf chunk came before the pixels.
     if img.format == "PNG" and "exif" not in img.info:

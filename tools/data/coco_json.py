@@ -17,7 +17,7 @@ from typing import Any
 
 from pycocotools.coco import COCO
 
-from tools.data.errors import CocoFormatError
+from backbones_tools.data.errors import CocoFormatError
 
 PathLike = str | os.PathLike[str]
 

@@ -8,9 +8,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from tools.data.categories import CategoryMap
-from tools.data.coco_detection import CocoImageDataset, PathLike
-from tools.data.transforms import IGNORE_INDEX, SegmentationTransform, build_segmentation_transforms
+from backbones_tools.data.categories import CategoryMap
+from backbones_tools.data.coco_detection import CocoImageDataset, PathLike
+from backbones_tools.data.transforms import IGNORE_INDEX, SegmentationTransform, build_segmentation_transforms
 
 #: COCO category ids of the 20 PASCAL VOC classes, in VOC label order 1..20 (aeroplane, bicycle,
 #: bird, boat, bottle, bus, car, cat, chair, cow, dining table, dog, horse, motorbike, person,

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from tools.data.transforms import IGNORE_INDEX
+from backbones_tools.data.transforms import IGNORE_INDEX
 
 
 def collate_detection(batch: Sequence[tuple[Any, ...]]) -> tuple[list[Any], ...]:

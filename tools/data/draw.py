@@ -1,6 +1,6 @@
 """Drawing ground truth and predictions: boxes, labels, scores and instance masks with
 torchvision.utils, and semantic segmentation as image | ground truth | prediction panels in the
-fixed class palette (:mod:`tools.data.palette`) with a legend."""
+fixed class palette (:mod:`backbones_tools.data.palette`) with a legend."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from PIL import Image, ImageDraw, ImageFont
 from pycocotools import mask as mask_utils
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
-from tools.data.categories import CategoryMap
-from tools.data.palette import IGNORE, class_colour, colorize
+from backbones_tools.data.categories import CategoryMap
+from backbones_tools.data.palette import IGNORE, class_colour, colorize
 
 GT_COLOUR = (0, 220, 0)
 PRED_COLOUR = (255, 40, 40)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from tools.data.errors import ImageLoadError
+from backbones_tools.data.errors import ImageLoadError
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

@@ -33,7 +33,7 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from tools.files import atomic_write_json
+from backbones_tools.files import atomic_write_json
 
 logger = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ import torch
 
 from backbones.converters import FORMATS, detect_format, to_native
 from backbones.weights import LoadReport, WeightsFileError, WeightsMismatchError, is_classifier_key, read_state_dict
-from tools.files import atomic_path
+from backbones_tools.files import atomic_path
 
 #: Suffixes of the files ``save_state_dict`` writes: a ``torch.save`` dict, or safetensors.
 TORCH_SUFFIXES = (".pth", ".pt", ".bin")

@@ -293,10 +293,10 @@ def trunk_target(
 def _load_run_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, Any]:
     """The model a training checkpoint of this package holds (as tools/engine/evaluate.py
     rebuilds it: saved config, saved category map, task builder, strict ``load_state_dict``)."""
-    from tools.config.loader import ConfigError, validate_config
-    from tools.data import CategoryMap
-    from tools.engine.checkpoint import CheckpointError, load_checkpoint
-    from tools.engine.tasks import build_detection_model, build_segmentation_model
+    from backbones_tools.config.loader import ConfigError, validate_config
+    from backbones_tools.data import CategoryMap
+    from backbones_tools.engine.checkpoint import CheckpointError, load_checkpoint
+    from backbones_tools.engine.tasks import build_detection_model, build_segmentation_model
 
     state = load_checkpoint(path)
     if "config" not in state or "category_map" not in state:

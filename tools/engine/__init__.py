@@ -1,11 +1,11 @@
 """Training engine shared by the detection and segmentation tools (loop, optimisers, schedules,
 checkpoints, metrics, DDP helpers, task adapters, checkpoint evaluation)."""
 
-from tools.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from tools.engine.data import DataRootError
-from tools.engine.optim import build_optimizer, parameter_groups, scaled_lr
-from tools.engine.schedule import build_scheduler, lr_factor_fn
-from tools.engine.trainer import NonFiniteLossError, RunResult, Trainer, train
+from backbones_tools.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from backbones_tools.engine.data import DataRootError
+from backbones_tools.engine.optim import build_optimizer, parameter_groups, scaled_lr
+from backbones_tools.engine.schedule import build_scheduler, lr_factor_fn
+from backbones_tools.engine.trainer import NonFiniteLossError, RunResult, Trainer, train
 
 __all__ = [
     "CheckpointError", "DataRootError", "EvalOutcome", "NonFiniteLossError", "RunResult", "Trainer",
@@ -15,9 +15,9 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    # lazy, so that ``python -m tools.engine.evaluate`` does not import the module twice
+    # lazy, so that ``python -m backbones_tools.engine.evaluate`` does not import the module twice
     if name in ("EvalOutcome", "evaluate_checkpoint"):
-        from tools.engine import evaluate
+        from backbones_tools.engine import evaluate
 
         return getattr(evaluate, name)
-    raise AttributeError(f"module 'tools.engine' has no attribute {name!r}")
+    raise AttributeError(f"module 'backbones_tools.engine' has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""Checkpoints written atomically (:mod:`tools.files`) and the RNG states they carry."""
+"""Checkpoints written atomically (:mod:`backbones_tools.files`) and the RNG states they carry."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import numpy as np
 import torch
 
 from backbones.weights import pickled_objects_message, refused_for_objects
-from tools.files import atomic_path, atomic_write_bytes, atomic_write_text
+from backbones_tools.files import atomic_path, atomic_write_bytes, atomic_write_text
 
 PathLike = str | os.PathLike[str]
-#: the atomic writers live in tools.files; re-exported for callers of this module
+#: the atomic writers live in backbones_tools.files; re-exported for callers of this module
 __all__ = ["CheckpointError", "atomic_write_bytes", "atomic_write_text", "capture_rng_state",
            "load_checkpoint", "restore_rng_state", "save_checkpoint"]
 

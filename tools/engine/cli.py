@@ -7,18 +7,11 @@ import logging
 import sys
 from pathlib import Path
 
-from tools.config.loader import ConfigError, load_config
-from tools.config.schema import TrainConfig
-from tools.engine.init_weights import resolve_weights_path
-from tools.errors import debug_requested, run_cli
+from backbones_tools.config.loader import ConfigError, load_config
+from backbones_tools.config.schema import TrainConfig
+from backbones_tools.config.shipped import demo_config, shipped_configs_dir
+from backbones_tools.errors import debug_requested, run_cli
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-#: where a relative model.backbone.weights is looked up after the working directory (run folders)
-WEIGHTS_SEARCH_ROOTS = (REPO_ROOT,)
-DEFAULT_CONFIGS = {
-    "det": REPO_ROOT / "configs" / "det" / "demo_shapes_faster_rcnn_r18.yaml",
-    "seg": REPO_ROOT / "configs" / "seg" / "demo_shapes_deeplabv3plus_r18.yaml",
-}
 
 
 def build_parser(task: str) -> argparse.ArgumentParser:
@@ -27,8 +20,10 @@ def build_parser(task: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=f"Train a {what} model from a YAML config (single process, or DDP under torchrun). "
         "Without arguments: the CPU demo on the embedded synthetic shapes dataset.")
-    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIGS[task],
-                        help=f"YAML config (default: {DEFAULT_CONFIGS[task].relative_to(REPO_ROOT)})")
+    demo = demo_config(task)
+    parser.add_argument("--config", type=Path, default=demo,
+                        help=f"YAML config, a file or a shipped one such as {task}/{demo.name} "
+                        f"(default: that demo; shipped configs: {shipped_configs_dir()})")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set optim.lr=0.01 (repeatable)")
     parser.add_argument("--data-root", help="COCO-layout dataset folder (annotations/instances_{train,val}2017.json, "
@@ -44,17 +39,17 @@ def build_parser(task: str) -> argparse.ArgumentParser:
 
 
 def check_backbone_weights(cfg: TrainConfig, config_path: Path) -> TrainConfig:
-    """Resolve ``model.backbone.weights`` (relative paths: the working directory, then the
-    repository, where run folders go) and stop before anything runs when the file is missing."""
+    """Stop before anything runs when ``model.backbone.weights`` names a missing file (a relative
+    path is relative to the working directory, where run folders go)."""
     bb = cfg.model.backbone
     if not bb.weights:
         return cfg
-    path = resolve_weights_path(bb.weights, WEIGHTS_SEARCH_ROOTS)
+    path = bb.weights if "://" in bb.weights else str(Path(bb.weights).expanduser())
     if "://" not in path and not Path(path).is_file():
         first = ""
         if cfg.task == "seg" and "runs/det/" in bb.weights.replace("\\", "/"):
             first = ("this config fine-tunes the trunk of a detection run: train it first with\n"
-                     "    python tools/train_det.py" + _same_data_hint(cfg) + "\n")
+                     f"    python tools/train_det.py{_same_data_hint(cfg)}   (in a clone; elsewhere: backbones-train-det)\n")
         raise ConfigError(
             f"model.backbone.weights: {bb.weights} not found (set in {config_path}).\n{first}"
             "Point it at a trunk, detector or segmenter checkpoint with --set model.backbone.weights=PATH, "
@@ -79,9 +74,9 @@ def main(task: str, argv: list[str] | None = None) -> int:
     """Parse, load the config, train; returns the exit status (0 done, 2 a user error,
     3 a non-finite loss, 75 stopped by a signal with a resumable checkpoint)."""
     args = build_parser(task).parse_args(argv)
-    from tools.engine.distributed import cleanup_distributed
-    from tools.engine.preemption import PREEMPTED_EXIT_CODE, Preempted
-    from tools.engine.trainer import NonFiniteLossError
+    from backbones_tools.engine.distributed import cleanup_distributed
+    from backbones_tools.engine.preemption import PREEMPTED_EXIT_CODE, Preempted
+    from backbones_tools.engine.trainer import NonFiniteLossError
 
     try:
         return run_cli(lambda: _train(task, args), debug=args.debug or debug_requested([]))
@@ -96,8 +91,8 @@ def main(task: str, argv: list[str] | None = None) -> int:
 
 
 def _train(task: str, args: argparse.Namespace) -> int:
-    from tools.engine import distributed as D
-    from tools.engine.trainer import train
+    from backbones_tools.engine import distributed as D
+    from backbones_tools.engine.trainer import train
 
     overrides = list(args.overrides)
     if args.data_root is not None:
@@ -106,7 +101,7 @@ def _train(task: str, args: argparse.Namespace) -> int:
     if cfg.task != task:
         raise ConfigError(f"{args.config} is a {cfg.task!r} config; use tools/train_{cfg.task}.py")
     cfg = check_backbone_weights(cfg, args.config)
-    output_dir = args.output_dir or Path(cfg.output_dir or REPO_ROOT / "runs" / task / args.config.stem)
+    output_dir = args.output_dir or Path(cfg.output_dir or Path("runs") / task / args.config.stem)
     ctx = D.init_distributed(cfg.train.device)
     logging.basicConfig(level=logging.INFO if ctx.is_main else logging.WARNING,
                         format=f"[rank {ctx.rank}] %(levelname)s %(name)s: %(message)s")

@@ -11,16 +11,16 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from tools.config.schema import DataConfig
-from tools.config.loader import ConfigError
-from tools.data import (
+from backbones_tools.config.schema import DataConfig
+from backbones_tools.config.loader import ConfigError
+from backbones_tools.data import (
     GroupedBatchSampler,
     aspect_ratio_group_ids,
     build_train_sampler,
     make_shapes_dataset,
     seeded_generator,
 )
-from tools.engine.distributed import DistContext, barrier
+from backbones_tools.engine.distributed import DistContext, barrier
 
 
 class DataRootError(ValueError):

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from tools.config.loader import ConfigError
+from backbones_tools.config.loader import ConfigError
 
 
 @dataclass(frozen=True)

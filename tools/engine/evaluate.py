@@ -9,14 +9,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 from backbones import optimize_for_inference
-from tools.config.loader import validate_config
-from tools.config.schema import TrainConfig
-from tools.data import CategoryMap
-from tools.engine import distributed as D
-from tools.engine.checkpoint import CheckpointError, load_checkpoint
-from tools.engine.data import build_eval_loader, prepare_data_root
-from tools.engine.preflight import run_preflight_once
-from tools.engine.tasks import make_task
+from backbones_tools.config.loader import validate_config
+from backbones_tools.config.schema import TrainConfig
+from backbones_tools.data import CategoryMap
+from backbones_tools.engine import distributed as D
+from backbones_tools.engine.checkpoint import CheckpointError, load_checkpoint
+from backbones_tools.engine.data import build_eval_loader, prepare_data_root
+from backbones_tools.engine.preflight import run_preflight_once
+from backbones_tools.engine.tasks import make_task
 
 logger = logging.getLogger(__name__)
 
@@ -80,8 +80,8 @@ def evaluate_checkpoint(
 def run_checkpoint_cli(args: Any, write: Callable[[EvalOutcome], None] | None = None) -> int:
     """Evaluate per parsed :func:`add_checkpoint_arguments` arguments, print the table and call
     ``write`` with the outcome (rank 0); a user error is a message and exit code 2."""
-    from tools.engine.distributed import cleanup_distributed
-    from tools.errors import debug_requested, run_cli
+    from backbones_tools.engine.distributed import cleanup_distributed
+    from backbones_tools.errors import debug_requested, run_cli
 
     def evaluate_and_report() -> int:
         outcome = run_from_args(args)
@@ -98,7 +98,7 @@ def run_checkpoint_cli(args: Any, write: Callable[[EvalOutcome], None] | None = 
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m tools.engine.evaluate --checkpoint last.pth [--config c.yaml] [--split val2017]``:
+    """``python -m backbones_tools.engine.evaluate --checkpoint last.pth [--config c.yaml] [--split val2017]``:
     evaluate a checkpoint, print the table, optionally write the metrics as JSON (rank 0)."""
     import argparse
     import json
@@ -132,11 +132,11 @@ def add_checkpoint_arguments(parser: Any) -> None:
 
 def run_from_args(args: Any) -> EvalOutcome:
     """Evaluate per parsed :func:`add_checkpoint_arguments` arguments."""
-    from tools.config.loader import load_config
+    from backbones_tools.config.loader import load_config
 
     cfg = load_config(args.config, args.overrides) if args.config else None
     if cfg is None and args.overrides:
-        from tools.config.loader import apply_overrides
+        from backbones_tools.config.loader import apply_overrides
 
         state = load_checkpoint(args.checkpoint)
         data = apply_overrides(dict(state["config"]), args.overrides)

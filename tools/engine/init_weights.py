@@ -5,7 +5,6 @@ load report that is printed and logged."""
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -60,17 +59,3 @@ def init_model(model: nn.Module, source: str) -> LoadReport:
                                "of the same kind of model?")
     logger.info("model.weights: %s", report)
     return report
-
-
-def resolve_weights_path(value: str, roots: tuple[Path, ...]) -> str:
-    """``value`` as given when it is a URL or exists; else the first of ``roots / value`` that
-    exists (run folders are written under the repository, whatever the working directory)."""
-    if "://" in value:
-        return value
-    path = Path(value).expanduser()
-    if path.exists() or path.is_absolute():
-        return str(path)
-    for root in roots:
-        if (root / path).exists():
-            return str(root / path)
-    return str(path)

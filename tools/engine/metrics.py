@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tools.files import json_safe
+from backbones_tools.files import json_safe
 
 #: how to install the optional TensorBoard dependency
 TENSORBOARD_INSTALL = 'pip install -e ".[tensorboard]"'
@@ -56,7 +56,7 @@ def summary_writer_class() -> type:
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
-        from tools.config.loader import ConfigError
+        from backbones_tools.config.loader import ConfigError
 
         raise ConfigError("train.tensorboard is true but the tensorboard package is not installed; "
                           f"install it with: {TENSORBOARD_INSTALL}") from None

@@ -7,8 +7,8 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from tools.config.loader import ConfigError
-from tools.config.schema import OptimConfig
+from backbones_tools.config.loader import ConfigError
+from backbones_tools.config.schema import OptimConfig
 
 #: Norm layers whose parameters are excluded from weight decay by default.
 NORM_TYPES: tuple[type[nn.Module], ...] = (

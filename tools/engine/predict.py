@@ -1,6 +1,6 @@
 """Run a training checkpoint over image files (the logic of ``tools/predict.py``).
 
-The checkpoint's model is rebuilt as :mod:`tools.engine.evaluate` rebuilds it (its saved config,
+The checkpoint's model is rebuilt as :mod:`backbones_tools.engine.evaluate` rebuilds it (its saved config,
 or ``--config``, plus ``--set`` overrides; its category map; its weights), made fast with
 :func:`backbones.optimize_for_inference` and run batched over the images:
 
@@ -66,7 +66,7 @@ and OUT/overlays/<name>.png. OUT/manifest.json maps every input to its image id 
 class Predictor:
     """A checkpoint's model ready for inference, with what is needed to read its outputs."""
 
-    task: Any  # tools.engine.tasks.Task (its config, category map, label offset, ...)
+    task: Any  # backbones_tools.engine.tasks.Task (its config, category map, label offset, ...)
     model: nn.Module
     device: torch.device
     checkpoint: Path
@@ -89,8 +89,8 @@ def checkpoint_config(checkpoint: str | os.PathLike[str], state: Mapping[str, An
                       overrides: Sequence[str] = ()) -> Any:
     """The config of a checkpoint: ``config`` (a YAML path) when given, else the one saved in
     the checkpoint, with ``overrides`` (``key=value``) applied, as eval_coco.py's checkpoint mode."""
-    from tools.config.loader import apply_overrides, load_config, validate_config
-    from tools.engine.checkpoint import CheckpointError
+    from backbones_tools.config.loader import apply_overrides, load_config, validate_config
+    from backbones_tools.engine.checkpoint import CheckpointError
 
     if config:
         return load_config(config, overrides)
@@ -118,14 +118,14 @@ def load_predictor(
     longer side (its transform's ``max_size``); for a segmenter it is applied by :func:`predict`.
     """
     from backbones import optimize_for_inference
-    from tools.data import CategoryMap
-    from tools.data.errors import CocoFormatError
-    from tools.engine.checkpoint import CheckpointError, load_checkpoint
-    from tools.engine.distributed import resolve_device
-    from tools.engine.tasks import _check_num_classes, make_task
+    from backbones_tools.data import CategoryMap
+    from backbones_tools.data.errors import CocoFormatError
+    from backbones_tools.engine.checkpoint import CheckpointError, load_checkpoint
+    from backbones_tools.engine.distributed import resolve_device
+    from backbones_tools.engine.tasks import _check_num_classes, make_task
 
     if device == "cuda" and not torch.cuda.is_available():
-        from tools.config.loader import ConfigError
+        from backbones_tools.config.loader import ConfigError
 
         raise ConfigError("--device cuda: no CUDA device is available here; use --device auto or cpu")
     checkpoint = Path(checkpoint)
@@ -233,8 +233,8 @@ def image_ids_from_names(paths: Sequence[Path]) -> tuple[dict[Path, int], list[s
 def image_ids_from_gt(paths: Sequence[Path], gt: Mapping[str, Any], source: str = "--gt") -> dict[Path, int]:
     """Image id of every path from the ``file_name`` entries of a COCO ground truth: the entry
     whose file name (with any folders it names) is the end of the path. A path that no entry, or
-    more than one, matches is a :class:`~tools.data.errors.CocoFormatError`."""
-    from tools.data.errors import CocoFormatError
+    more than one, matches is a :class:`~backbones_tools.data.errors.CocoFormatError`."""
+    from backbones_tools.data.errors import CocoFormatError
 
     by_name: dict[str, list[tuple[tuple[str, ...], int]]] = {}
     for info in gt.get("images", []):
@@ -317,7 +317,7 @@ def _segmentation_input(image: np.ndarray, eval_size: int | None, max_size: int 
     import albumentations as A
     import cv2
 
-    from tools.data.transforms import SegmentationTransform
+    from backbones_tools.data.transforms import SegmentationTransform
 
     ops: list[Any] = []
     if eval_size is not None:
@@ -337,7 +337,7 @@ def _write_index_png(mask: np.ndarray, num_labels: int, ignore_index: int | None
     ids do not fit in a byte)."""
     from PIL import Image
 
-    from tools.data.palette import palette_array
+    from backbones_tools.data.palette import palette_array
 
     path.parent.mkdir(parents=True, exist_ok=True)
     if num_labels > 256:
@@ -351,9 +351,9 @@ def _write_index_png(mask: np.ndarray, num_labels: int, ignore_index: int | None
 
 def blend_mask(image: np.ndarray, mask: np.ndarray, num_labels: int, ignore_index: int | None = None,
                alpha: float = OVERLAY_ALPHA) -> np.ndarray:
-    """``image`` with the class colours (:func:`tools.data.palette.colorize`) blended over every
+    """``image`` with the class colours (:func:`backbones_tools.data.palette.colorize`) blended over every
     non-background pixel."""
-    from tools.data.palette import colorize
+    from backbones_tools.data.palette import colorize
 
     colours = colorize(mask, num_labels, ignore_index).astype(np.float32)
     out = image.astype(np.float32)
@@ -385,10 +385,10 @@ def predict(
     """
     from tqdm import tqdm
 
-    from tools.data.errors import ImageLoadError
-    from tools.data.images import load_rgb
-    from tools.data.transforms import build_detection_transforms
-    from tools.files import atomic_write_text
+    from backbones_tools.data.errors import ImageLoadError
+    from backbones_tools.data.images import load_rgb
+    from backbones_tools.data.transforms import build_detection_transforms
+    from backbones_tools.files import atomic_write_text
 
     cfg = predictor.cfg
     batch_size = int(batch_size or cfg.data.eval_batch_size)
@@ -465,8 +465,8 @@ def predict(
 def _write_detection(predictor: Predictor, item: _Item, output: Mapping[str, torch.Tensor], image_id: int,
                      name: str, out_dir: Path, iou_types: Sequence[str], score_thresh: float, draw: bool,
                      results: dict[int, dict[str, list[dict[str, Any]]]], outcome: PredictOutcome) -> dict[str, Any]:
-    from tools.data.draw import draw_gt_and_predictions, save_png
-    from tools.evaluation.results import prediction_to_results
+    from backbones_tools.data.draw import draw_gt_and_predictions, save_png
+    from backbones_tools.evaluation.results import prediction_to_results
 
     results[item.index] = prediction_to_results(image_id, output, predictor.category_map, iou_types)
     outcome.num_detections += len(output["scores"])
@@ -548,8 +548,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_from_args(args: argparse.Namespace) -> PredictOutcome:
     """Predict per parsed :func:`build_parser` arguments and print a summary."""
-    from tools.data.coco_json import read_json
-    from tools.data.errors import CocoFormatError, ImageLoadError
+    from backbones_tools.data.coco_json import read_json
+    from backbones_tools.data.errors import CocoFormatError, ImageLoadError
 
     gt = None
     if args.gt:
@@ -593,8 +593,8 @@ def _count(n: int, noun: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """``python tools/predict.py --checkpoint RUN/best.pth --images PATH... [--out DIR]``; a
-    user error is ``error: ...`` and exit code 2 (:func:`tools.errors.run_cli`)."""
-    from tools.errors import debug_requested, run_cli
+    user error is ``error: ...`` and exit code 2 (:func:`backbones_tools.errors.run_cli`)."""
+    from backbones_tools.errors import debug_requested, run_cli
 
     args = build_parser().parse_args(argv)
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tools.data.checks import SplitReport, check_split
-from tools.data.errors import DatasetError
+from backbones_tools.data.checks import SplitReport, check_split
+from backbones_tools.data.errors import DatasetError
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ def run_preflight(root: Path, splits: dict[str, str], iou_type: str, skip_invali
 def run_preflight_once(root: Path, splits: dict[str, str], iou_type: str, skip_invalid: bool) -> Preflight:
     """:func:`run_preflight` on rank 0 only (under DDP the others receive its outcome, so the
     files are read once, not once a rank); every rank raises the same :class:`DatasetError`."""
-    from tools.engine import distributed as D
+    from backbones_tools.engine import distributed as D
 
     outcome: tuple[str, Any] = ("", None)
     if not D.is_initialized() or _rank() == 0:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import torch
 
-from tools.config.schema import ScheduleConfig
+from backbones_tools.config.schema import ScheduleConfig
 
 
 def lr_factor_fn(

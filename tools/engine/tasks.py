@@ -2,7 +2,7 @@
 
 A task builds its datasets and model from a config, turns a batch into a dict of loss terms,
 evaluates a model on a loader (COCOeval / mIoU, gathered over ranks) and draws predictions.
-The training loop (:mod:`tools.engine.trainer`) knows nothing else about the task.
+The training loop (:mod:`backbones_tools.engine.trainer`) knows nothing else about the task.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from torchvision.utils import make_grid
 from tqdm import tqdm
 
 from heads import build_detector, build_segmenter, counts_background, segmentation_loss
-from tools.config.loader import ConfigError
-from tools.config.schema import TrainConfig
-from tools.data import (
+from backbones_tools.config.loader import ConfigError
+from backbones_tools.config.schema import TrainConfig
+from backbones_tools.data import (
     CategoryMap,
     CocoDetection,
     CocoSemantic,
@@ -31,12 +31,12 @@ from tools.data import (
     collate_detection,
     collate_segmentation,
 )
-from tools.data.draw import draw_gt_and_predictions, save_png
-from tools.data.errors import DatasetError
-from tools.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from tools.engine.data import split_paths, subset_ids
-from tools.engine.distributed import DistContext
-from tools.evaluation import CocoEvaluator, SegmentationMetrics, format_table
+from backbones_tools.data.draw import draw_gt_and_predictions, save_png
+from backbones_tools.data.errors import DatasetError
+from backbones_tools.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from backbones_tools.engine.data import split_paths, subset_ids
+from backbones_tools.engine.distributed import DistContext
+from backbones_tools.evaluation import CocoEvaluator, SegmentationMetrics, format_table
 
 COCO_STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
@@ -372,7 +372,7 @@ class SegmentationTask(Task):
     def draw(self, model: nn.Module, dataset: Any, path: Path, device: torch.device) -> Path | None:
         """The first ``eval.visualize`` val images, each as image | ground truth | prediction in
         the fixed class palette (ignored pixels hatched), with a legend of the class names."""
-        from tools.data.draw import draw_segmentation_comparison
+        from backbones_tools.data.draw import draw_segmentation_comparison
 
         n = min(self.cfg.eval.visualize, len(dataset))
         if n == 0:

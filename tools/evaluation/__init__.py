@@ -22,8 +22,8 @@ __all__ = list(_EXPORTS)
 
 def __getattr__(name: str) -> Any:
     if name not in _EXPORTS:
-        raise AttributeError(f"module 'tools.evaluation' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"tools.evaluation.{_EXPORTS[name]}"), name)
+        raise AttributeError(f"module 'backbones_tools.evaluation' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"backbones_tools.evaluation.{_EXPORTS[name]}"), name)
     globals()[name] = value
     return value
 

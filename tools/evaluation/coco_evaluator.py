@@ -15,11 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from tools.data.categories import CategoryMap
-from tools.data.coco_json import coco_from_dict, read_json, validate_coco_gt
-from tools.evaluation.backends import get_backend
-from tools.evaluation.distributed import all_gather_objects
-from tools.evaluation.results import IOU_TYPES, ResultsReport, prediction_to_results, validate_results
+from backbones_tools.data.categories import CategoryMap
+from backbones_tools.data.coco_json import coco_from_dict, read_json, validate_coco_gt
+from backbones_tools.evaluation.backends import get_backend
+from backbones_tools.evaluation.distributed import all_gather_objects
+from backbones_tools.evaluation.results import IOU_TYPES, ResultsReport, prediction_to_results, validate_results
 
 logger = logging.getLogger(__name__)
 
@@ -229,6 +229,6 @@ class CocoEvaluator:
 
     def write_results(self, path: str | os.PathLike[str], iou_type: str | None = None) -> Path:
         """Write this rank's results of one IoU type as a COCO results JSON."""
-        from tools.files import atomic_write_json
+        from backbones_tools.files import atomic_write_json
 
         return atomic_write_json(path, self.results(iou_type))

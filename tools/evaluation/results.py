@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from tools.data.categories import CategoryMap
-from tools.data.errors import CocoFormatError
+from backbones_tools.data.categories import CategoryMap
+from backbones_tools.data.errors import CocoFormatError
 
 if TYPE_CHECKING:  # torch is imported where tensors are converted: results-only tools run without it
     import torch
