@@ -40,7 +40,7 @@ from backbones_tools.data import aspect_ratio_group_ids, make_shapes_dataset
 from backbones_tools.engine import Trainer, build_optimizer
 from backbones_tools.engine import trainer as trainer_mod
 from backbones_tools.engine.data import DataRootError, SeededAugmentation, build_eval_loader, prepare_data_root
-from backbones_tools.engine.distributed import DistContext
+from backbones_tools.distributed import DistContext
 from backbones_tools.engine.metrics import read_jsonl
 from backbones_tools.engine.tasks import (
     DetectionTask,

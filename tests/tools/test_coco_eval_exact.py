@@ -137,7 +137,7 @@ def test_ddp_gather_drops_duplicate_images(synthetic_eval, monkeypatch):
     rank0, rank1 = CocoEvaluator(gt), CocoEvaluator(gt)
     rank0.update({1: pred, 2: pred})
     rank1.update({3: pred, 1: {**pred, "labels": torch.tensor([2])}})  # duplicate of image 1
-    monkeypatch.setattr(mod, "all_gather_objects", lambda obj: [rank0._per_image, rank1._per_image])
+    monkeypatch.setattr(mod, "all_gather_object", lambda obj: [rank0._per_image, rank1._per_image])
     merged = rank0._gathered()
     assert sorted(merged) == [1, 2, 3]
     assert merged[1]["bbox"][0]["category_id"] == cmap.category_id(1)  # rank 0's copy kept

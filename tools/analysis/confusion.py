@@ -186,7 +186,7 @@ def seg_confusion(run: str | os.PathLike[str], checkpoint: str = "best.pth", spl
     and category map, the preflight's exclusions)."""
     from backbones import optimize_for_inference
     from backbones_tools.config.loader import validate_config
-    from backbones_tools.engine import distributed as D
+    from backbones_tools import distributed as D
     from backbones_tools.engine.checkpoint import load_checkpoint
     from backbones_tools.engine.data import build_eval_loader, prepare_data_root
     from backbones_tools.engine.preflight import run_preflight

@@ -74,7 +74,7 @@ def main(task: str, argv: list[str] | None = None) -> int:
     """Parse, load the config, train; returns the exit status (0 done, 2 a user error,
     3 a non-finite loss, 75 stopped by a signal with a resumable checkpoint)."""
     args = build_parser(task).parse_args(argv)
-    from backbones_tools.engine.distributed import cleanup_distributed
+    from backbones_tools.distributed import cleanup_distributed
     from backbones_tools.engine.preemption import PREEMPTED_EXIT_CODE, Preempted
     from backbones_tools.engine.trainer import NonFiniteLossError
 
@@ -91,7 +91,7 @@ def main(task: str, argv: list[str] | None = None) -> int:
 
 
 def _train(task: str, args: argparse.Namespace) -> int:
-    from backbones_tools.engine import distributed as D
+    from backbones_tools import distributed as D
     from backbones_tools.engine.trainer import train
 
     overrides = list(args.overrides)

@@ -20,7 +20,7 @@ from backbones_tools.data import (
     make_shapes_dataset,
     seeded_generator,
 )
-from backbones_tools.engine.distributed import DistContext, barrier
+from backbones_tools.distributed import DistContext, barrier
 
 
 class DataRootError(ValueError):

@@ -12,7 +12,7 @@ from backbones import optimize_for_inference
 from backbones_tools.config.loader import validate_config
 from backbones_tools.config.schema import TrainConfig
 from backbones_tools.data import CategoryMap
-from backbones_tools.engine import distributed as D
+from backbones_tools import distributed as D
 from backbones_tools.engine.checkpoint import CheckpointError, load_checkpoint
 from backbones_tools.engine.data import build_eval_loader, prepare_data_root
 from backbones_tools.engine.preflight import run_preflight_once
@@ -80,7 +80,7 @@ def evaluate_checkpoint(
 def run_checkpoint_cli(args: Any, write: Callable[[EvalOutcome], None] | None = None) -> int:
     """Evaluate per parsed :func:`add_checkpoint_arguments` arguments, print the table and call
     ``write`` with the outcome (rank 0); a user error is a message and exit code 2."""
-    from backbones_tools.engine.distributed import cleanup_distributed
+    from backbones_tools.distributed import cleanup_distributed
     from backbones_tools.errors import debug_requested, run_cli
 
     def evaluate_and_report() -> int:

@@ -121,7 +121,7 @@ def load_predictor(
     from backbones_tools.data import CategoryMap
     from backbones_tools.data.errors import CocoFormatError
     from backbones_tools.engine.checkpoint import CheckpointError, load_checkpoint
-    from backbones_tools.engine.distributed import resolve_device
+    from backbones_tools.distributed import resolve_device
     from backbones_tools.engine.tasks import _check_num_classes, make_task
 
     if device == "cuda" and not torch.cuda.is_available():

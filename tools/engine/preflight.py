@@ -70,10 +70,10 @@ def run_preflight(root: Path, splits: dict[str, str], iou_type: str, skip_invali
 def run_preflight_once(root: Path, splits: dict[str, str], iou_type: str, skip_invalid: bool) -> Preflight:
     """:func:`run_preflight` on rank 0 only (under DDP the others receive its outcome, so the
     files are read once, not once a rank); every rank raises the same :class:`DatasetError`."""
-    from backbones_tools.engine import distributed as D
+    from backbones_tools import distributed as D
 
     outcome: tuple[str, Any] = ("", None)
-    if not D.is_initialized() or _rank() == 0:
+    if D.rank() == 0:
         try:
             outcome = ("ok", run_preflight(root, splits, iou_type, skip_invalid))
         except DatasetError as exc:
@@ -82,12 +82,6 @@ def run_preflight_once(root: Path, splits: dict[str, str], iou_type: str, skip_i
     if kind == "error":
         raise DatasetError(value)
     return value
-
-
-def _rank() -> int:
-    import torch.distributed as dist
-
-    return dist.get_rank()
 
 
 def _stop_message(report: SplitReport, role: str, skip_invalid: bool) -> str:

@@ -35,7 +35,7 @@ from backbones_tools.data.draw import draw_gt_and_predictions, save_png
 from backbones_tools.data.errors import DatasetError
 from backbones_tools.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from backbones_tools.engine.data import split_paths, subset_ids
-from backbones_tools.engine.distributed import DistContext
+from backbones_tools.distributed import DistContext
 from backbones_tools.evaluation import CocoEvaluator, SegmentationMetrics, format_table
 
 COCO_STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl")

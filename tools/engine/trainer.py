@@ -32,7 +32,7 @@ from backbones.inference import use_gather_roi_align
 from backbones_tools.config.loader import ConfigError, config_to_yaml
 from backbones_tools.config.schema import TrainConfig
 from backbones_tools.data.errors import CocoFormatError, DatasetError, ImageLoadError
-from backbones_tools.engine import distributed as D
+from backbones_tools import distributed as D
 from backbones_tools.engine.checkpoint import (
     CheckpointError,
     atomic_write_text,

@@ -18,7 +18,7 @@ import numpy as np
 from backbones_tools.data.categories import CategoryMap
 from backbones_tools.data.coco_json import coco_from_dict, read_json, validate_coco_gt
 from backbones_tools.evaluation.backends import get_backend
-from backbones_tools.evaluation.distributed import all_gather_objects
+from backbones_tools.distributed import all_gather_object
 from backbones_tools.evaluation.results import IOU_TYPES, ResultsReport, prediction_to_results, validate_results
 
 logger = logging.getLogger(__name__)
@@ -193,7 +193,7 @@ class CocoEvaluator:
     def _gathered(self) -> dict[int, dict[str, list[dict[str, Any]]]]:
         merged: dict[int, dict[str, list[dict[str, Any]]]] = {}
         self.num_duplicates = self._local_duplicates
-        for part in all_gather_objects(self._per_image):
+        for part in all_gather_object(self._per_image):
             for image_id, res in part.items():
                 if image_id in merged:
                     self.num_duplicates += 1

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from backbones_tools.evaluation.distributed import all_reduce_sum
+from backbones_tools.distributed import all_reduce_sum
 
 
 def metrics_from_confusion(confusion: torch.Tensor) -> dict[str, Any]:
