@@ -6,8 +6,14 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from backbones_tools.config import ConfigError, TrainConfig, config_to_yaml, load_config, load_config_dict, parse_override
+from backbones_tools.config import (
+    ConfigError,
+    TrainConfig,
+    config_to_yaml,
+    load_config,
+    load_config_dict,
+    parse_override,
+)
 from backbones_tools.engine.tasks import build_detection_model, build_segmentation_model
 
 REPO = Path(__file__).resolve().parents[1]

@@ -23,6 +23,22 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from backbones_tools.config import ConfigError, load_config, load_config_dict, validate_config
+from backbones_tools.config.schema import DetTrainConfig, Section, SegTrainConfig, TrainConfig
+from backbones_tools.data import aspect_ratio_group_ids, make_shapes_dataset
+from backbones_tools.distributed import DistContext
+from backbones_tools.engine import Trainer, build_optimizer
+from backbones_tools.engine import trainer as trainer_mod
+from backbones_tools.engine.data import DataRootError, SeededAugmentation, build_eval_loader, prepare_data_root
+from backbones_tools.engine.metrics import read_jsonl
+from backbones_tools.engine.tasks import (
+    DetectionTask,
+    SegmentationTask,
+    _check_num_classes,
+    build_detection_model,
+    build_segmentation_model,
+    make_task,
+)
 from PIL import Image
 from pydantic import BaseModel
 from torch import nn
@@ -34,22 +50,6 @@ from tests.test_train_det import tiny_overrides as det_overrides
 from tests.test_train_seg import DEMO as SEG_DEMO
 from tests.test_train_seg import SHAPES as SEG_SHAPES
 from tests.test_train_seg import tiny_overrides as seg_overrides
-from backbones_tools.config import ConfigError, load_config, load_config_dict, validate_config
-from backbones_tools.config.schema import DetTrainConfig, SegTrainConfig, Section, TrainConfig
-from backbones_tools.data import aspect_ratio_group_ids, make_shapes_dataset
-from backbones_tools.engine import Trainer, build_optimizer
-from backbones_tools.engine import trainer as trainer_mod
-from backbones_tools.engine.data import DataRootError, SeededAugmentation, build_eval_loader, prepare_data_root
-from backbones_tools.distributed import DistContext
-from backbones_tools.engine.metrics import read_jsonl
-from backbones_tools.engine.tasks import (
-    DetectionTask,
-    SegmentationTask,
-    _check_num_classes,
-    build_detection_model,
-    build_segmentation_model,
-    make_task,
-)
 
 REPO = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")

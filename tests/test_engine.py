@@ -9,14 +9,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch import nn
-
 from backbones_tools.config.schema import OptimConfig, ScheduleConfig
-from backbones_tools.engine import build_optimizer, build_scheduler, load_checkpoint, lr_factor_fn, save_checkpoint, scaled_lr
+from backbones_tools.engine import (
+    build_optimizer,
+    build_scheduler,
+    load_checkpoint,
+    lr_factor_fn,
+    save_checkpoint,
+    scaled_lr,
+)
 from backbones_tools.engine.checkpoint import CheckpointError, capture_rng_state, restore_rng_state
 from backbones_tools.engine.data import SeededAugmentation, ShardSampler, sample_seed
 from backbones_tools.engine.metrics import JsonlWriter, read_jsonl
 from backbones_tools.engine.trainer import grad_norms_per_stage, stage_of
+from torch import nn
 
 
 class Toy(nn.Module):

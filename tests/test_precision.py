@@ -7,7 +7,6 @@ import logging
 
 import pytest
 import torch
-
 from backbones_tools.engine import precision as P
 
 CPU = torch.device("cpu")

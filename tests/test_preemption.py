@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from tests.test_train_det import DEMO, SHAPES, env1, tiny_overrides
 from backbones_tools.data import make_shapes_dataset
 from backbones_tools.engine import load_checkpoint
 from backbones_tools.engine.cli import main as cli_main
 from backbones_tools.engine.metrics import read_jsonl
 from backbones_tools.engine.preemption import PREEMPTED_EXIT_CODE, StopSignals
+
+from tests.test_train_det import DEMO, SHAPES, env1, tiny_overrides
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_DET = str(REPO / "tools" / "train_det.py")

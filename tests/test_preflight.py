@@ -10,14 +10,14 @@ import shutil
 from pathlib import Path
 
 import pytest
-
-from tests.test_train_det import DEMO, SHAPES, tiny_overrides
 from backbones_tools.config import load_config
 from backbones_tools.data import make_shapes_dataset
 from backbones_tools.data.errors import DatasetError
 from backbones_tools.engine import Trainer, load_checkpoint
 from backbones_tools.engine.cli import main as cli_main
 from backbones_tools.engine.metrics import read_jsonl
+
+from tests.test_train_det import DEMO, SHAPES, tiny_overrides
 
 
 @pytest.fixture(scope="module")

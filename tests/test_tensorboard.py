@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from tests.test_train_seg import DEMO, SHAPES, tiny_overrides
 from backbones_tools.config import ConfigError, load_config
 from backbones_tools.data import make_shapes_dataset
 from backbones_tools.engine import Trainer, train
 from backbones_tools.engine.metrics import read_jsonl
+
+from tests.test_train_seg import DEMO, SHAPES, tiny_overrides
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # pycocotools
 

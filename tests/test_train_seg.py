@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from backbones_tools.config import load_config
 from backbones_tools.data import make_shapes_dataset
 from backbones_tools.engine import Trainer, evaluate_checkpoint, load_checkpoint, train

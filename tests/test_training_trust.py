@@ -9,6 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from backbones_tools.config import ConfigError, load_config
+from backbones_tools.data import make_shapes_dataset
+from backbones_tools.engine import Trainer, evaluate_checkpoint, load_checkpoint, train
+from backbones_tools.engine import precision as P
+from backbones_tools.engine.cli import main as cli_main
+from backbones_tools.engine.metrics import read_jsonl
 
 from heads import segmentation_loss
 from tests.test_train_det import DEMO as DET_DEMO
@@ -16,12 +22,6 @@ from tests.test_train_det import SHAPES
 from tests.test_train_det import tiny_overrides as det_overrides
 from tests.test_train_seg import DEMO as SEG_DEMO
 from tests.test_train_seg import tiny_overrides as seg_overrides
-from backbones_tools.config import ConfigError, load_config
-from backbones_tools.data import make_shapes_dataset
-from backbones_tools.engine import Trainer, evaluate_checkpoint, load_checkpoint, train
-from backbones_tools.engine import precision as P
-from backbones_tools.engine.cli import main as cli_main
-from backbones_tools.engine.metrics import read_jsonl
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a file (python tools/x.py): tools/ itself must not shadow
     sys.path.pop(0)            # top-level modules; the package is imported as backbones_tools
 
+from backbones_tools.cli_args import add_debug  # noqa: E402
 from backbones_tools.errors import debug_requested, run_cli  # noqa: E402
 from backbones_tools.files import atomic_write_json  # noqa: E402
 
@@ -43,31 +44,32 @@ def _fraction(low_open: bool):
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--debug", action="store_true", help="show the traceback of user errors too (or TOOLS_DEBUG=1)")
+    add_debug(common)
     parser = argparse.ArgumentParser(
         prog="analyze.py", description="Analyse training runs and predictions: training curves, detection and "
         "segmentation confusion matrices, per-class precision-recall curves (PNG).",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("curves", parents=[common], help="loss terms, lr and AP/mIoU of run folders (metrics.jsonl)",
-                       description="Plot every loss term, the learning rate and the headline metric "
-                       "(bbox/AP, segm/AP, seg/mIoU) against the iteration, and the headline metric against "
-                       "wall-clock time, from each run folder's metrics.jsonl; runs overlaid, one colour each.",
-                       epilog="example:\n  python tools/analyze.py curves runs/det/a runs/det/b --out curves.png",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    def command(name: str, summary: str, description: str, example: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], help=summary, description=description,
+                              epilog=f"example:\n  python tools/analyze.py {name} {example}",
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    p = command("curves", "loss terms, lr and AP/mIoU of run folders (metrics.jsonl)",
+                "Plot every loss term, the learning rate and the headline metric (bbox/AP, segm/AP, seg/mIoU) "
+                "against the iteration, and the headline metric against wall-clock time, from each run folder's "
+                "metrics.jsonl; runs overlaid, one colour each.", "runs/det/a runs/det/b --out curves.png")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run folder (holding metrics.jsonl)")
     p.add_argument("--out", required=True, type=Path, help="PNG to write")
     p.add_argument("--title", help="figure title (default: the run names)")
 
-    p = sub.add_parser("confusion", parents=[common], help="detection confusion matrix and per-class PR curves",
-                       description="Detection confusion matrix with a background row and column, as "
-                       "MMDetection's confusion_matrix.py defines it (rows: ground-truth class, columns: detected "
-                       "class; background row = false positives, background column = missed objects; rows "
-                       "normalised), and per-class precision-recall curves from COCOeval at IoU 0.5 and 0.75.",
-                       epilog="example:\n  python tools/analyze.py confusion --gt instances_val2017.json "
-                       "--results predictions.json --out confusion.png",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = command("confusion", "detection confusion matrix and per-class PR curves",
+                "Detection confusion matrix with a background row and column, as MMDetection's "
+                "confusion_matrix.py defines it (rows: ground-truth class, columns: detected class; background "
+                "row = false positives, background column = missed objects; rows normalised), and per-class "
+                "precision-recall curves from COCOeval at IoU 0.5 and 0.75.",
+                "--gt instances_val2017.json --results predictions.json --out confusion.png")
     p.add_argument("--gt", required=True, type=Path, help="COCO ground-truth JSON")
     p.add_argument("--results", required=True, type=Path, help="COCO bbox results JSON (a list)")
     p.add_argument("--out", required=True, type=Path, help="confusion-matrix PNG to write")
@@ -77,12 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="detections below this score are left out (default 0.3)")
     p.add_argument("--json", type=Path, help="also write the matrix (names, counts, normalised) as JSON")
 
-    p = sub.add_parser("seg-confusion", parents=[common], help="pixel confusion matrix of a segmentation run",
-                       description="Evaluate a segmentation run's checkpoint on its val split and plot the "
-                       "pixel confusion matrix (rows: ground truth, columns: prediction, background included, "
-                       "ignored pixels not counted; rows normalised).",
-                       epilog="example:\n  python tools/analyze.py seg-confusion runs/seg/demo --out seg_confusion.png",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = command("seg-confusion", "pixel confusion matrix of a segmentation run",
+                "Evaluate a segmentation run's checkpoint on its val split and plot the pixel confusion matrix "
+                "(rows: ground truth, columns: prediction, background included, ignored pixels not counted; "
+                "rows normalised).", "runs/seg/demo --out seg_confusion.png")
     p.add_argument("run", metavar="RUN", help="segmentation run folder (or a checkpoint file)")
     p.add_argument("--checkpoint", default="best.pth", help="checkpoint in the run folder (default best.pth)")
     p.add_argument("--split", help="split to evaluate (default: the run's data.val_split)")

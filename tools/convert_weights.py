@@ -12,6 +12,8 @@ import sys
 if __package__ in (None, ""):  # run as a file (python tools/x.py): tools/ itself must not shadow
     sys.path.pop(0)            # top-level modules; the package is imported as backbones_tools
 
+from backbones_tools.cli_args import add_debug  # noqa: E402
+
 FORMATS = ("auto", "torchvision", "timm", "res2net", "detectron2", "caffe2", "mmdet", "torchvision_detector")
 
 EPILOG = """\
@@ -45,14 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--arch", metavar="NAME", help="variant to load the weights into strictly (backbones.list_backbones())")
     parser.add_argument("--option", dest="options", action="append", default=[], metavar="KEY=VALUE",
                         help="--arch: create_backbone option, e.g. norm=FrozenBN, style=caffe, norm=GN (repeatable)")
-    parser.add_argument("--debug", action="store_true", help="show the traceback of user errors too (or TOOLS_DEBUG=1)")
+    add_debug(parser)
     return parser
 
 
 def parse_options(items: list[str]) -> dict:
     """``KEY=VALUE`` strings to create_backbone options (values parsed as YAML: 1, true, [2, 3])."""
     import yaml
-
     from backbones_tools.deploy.convert import ConversionError
 
     options = {}
@@ -68,8 +69,9 @@ def parse_options(items: list[str]) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from backbones.weights import WeightsMismatchError
     from backbones_tools.deploy.convert import convert_weights, save_state_dict
+
+    from backbones.weights import WeightsMismatchError
 
     options = parse_options(args.options)
     try:

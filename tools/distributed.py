@@ -60,7 +60,6 @@ def _env_int(name: str, default: int) -> int:
 def resolve_device(preference: str, local_rank: int = 0) -> torch.device:
     """``"auto"`` picks CUDA when available; ``"cuda"`` without a GPU is an error."""
     import torch
-
     from backbones_tools.config.loader import ConfigError
 
     if preference not in ("auto", "cpu", "cuda"):

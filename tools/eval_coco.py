@@ -17,6 +17,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a file (python tools/x.py): tools/ itself must not shadow
     sys.path.pop(0)            # top-level modules; the package is imported as backbones_tools
 
+from backbones_tools.cli_args import add_checkpoint_source, add_debug, add_split_source  # noqa: E402
 from backbones_tools.data import CategoryMap, CocoFormatError, read_json  # noqa: E402
 from backbones_tools.evaluation import BACKENDS, STAT_NAMES, CocoEvaluator, format_table  # noqa: E402
 from backbones_tools.files import atomic_write_json, json_safe  # noqa: E402
@@ -88,13 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lenient", action="store_true",
                         help="drop (and report) results with unknown image/category ids instead of failing")
     model = parser.add_argument_group("checkpoint mode (evaluate a trained model on a dataset split)")
-    model.add_argument("--checkpoint", help="training checkpoint (best.pth / last.pth)")
-    model.add_argument("--config", help="config YAML (default: the config saved in the checkpoint)")
-    model.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="config override (repeatable)")
-    model.add_argument("--split", help="split to evaluate (default: the config's data.val_split)")
-    model.add_argument("--data-root", help="COCO-layout dataset folder (default: the config's data.root)")
-    model.add_argument("--debug", action="store_true", help="show the traceback of user errors too (or TOOLS_DEBUG=1)")
+    add_checkpoint_source(model, required=False)
+    add_split_source(model)
+    add_debug(model)
     args = parser.parse_args(argv)
     if args.checkpoint:
         if args.gt or args.results:

@@ -17,6 +17,8 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a file (python tools/x.py): tools/ itself must not shadow
     sys.path.pop(0)            # top-level modules; the package is imported as backbones_tools
 
+from backbones_tools.cli_args import add_debug  # noqa: E402
+
 EPILOG = """\
 examples:
   # a ResNet-50 trunk (random weights), outputs stem c2 c3 c4 c5, dynamic batch/height/width
@@ -64,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="torch.onnx exporter: TorchScript-based (default) or torch.export-based (needs onnxscript)")
     parser.add_argument("--opset", type=int, help="ONNX opset (default 17 for the TorchScript exporter)")
     parser.add_argument("--no-check", action="store_true", help="export only; skip the ONNX Runtime check")
-    parser.add_argument("--debug", action="store_true", help="show the traceback of user errors too (or TOOLS_DEBUG=1)")
+    add_debug(parser)
     return parser
 
 

@@ -13,13 +13,7 @@ import sys
 if __package__ in (None, ""):  # run as a file (python tools/x.py): tools/ itself must not shadow
     sys.path.pop(0)            # top-level modules; the package is imported as backbones_tools
 
-from backbones_tools.engine.cli import main as cli_main  # noqa: E402
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Console-script entry point (``backbones-train-seg``)."""
-    return cli_main("seg", argv)
-
+from backbones_tools.engine.cli import main_seg as main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

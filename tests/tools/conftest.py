@@ -11,7 +11,6 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from _coco_synth import make_gt_and_detections  # noqa: E402
-
 from backbones_tools.data.shapes import ShapesDataset, make_shapes_dataset  # noqa: E402
 
 

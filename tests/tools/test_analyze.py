@@ -10,14 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
-from tests.test_train_det import DEMO as DET_DEMO
-from tests.test_train_det import SHAPES as DET_SHAPES
-from tests.test_train_det import tiny_overrides as det_overrides
-from tests.test_train_seg import DEMO as SEG_DEMO
-from tests.test_train_seg import SHAPES as SEG_SHAPES
-from tests.test_train_seg import tiny_overrides as seg_overrides
 from backbones_tools import analyze
 from backbones_tools.analysis.confusion import detection_confusion, pr_curves, seg_confusion
 from backbones_tools.analysis.curves import load_run
@@ -26,6 +18,14 @@ from backbones_tools.data import make_shapes_dataset
 from backbones_tools.data.palette import IGNORE, class_colour
 from backbones_tools.engine import evaluate_checkpoint, train
 from backbones_tools.evaluation import metrics_from_confusion, per_category_ap, run_cocoeval
+from PIL import Image
+
+from tests.test_train_det import DEMO as DET_DEMO
+from tests.test_train_det import SHAPES as DET_SHAPES
+from tests.test_train_det import tiny_overrides as det_overrides
+from tests.test_train_seg import DEMO as SEG_DEMO
+from tests.test_train_seg import SHAPES as SEG_SHAPES
+from tests.test_train_seg import tiny_overrides as seg_overrides
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # pycocotools
 

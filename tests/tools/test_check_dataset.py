@@ -13,12 +13,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-from PIL import Image
-from pycocotools import mask as mask_utils
-
 from backbones_tools import check_dataset
 from backbones_tools.data.checks import decode_rle_strings, inspect_image
 from backbones_tools.data.shapes import make_shapes_dataset
+from PIL import Image
+from pycocotools import mask as mask_utils
 
 REPO = Path(__file__).resolve().parents[2]
 SHAPES = dict(num_train=8, num_val=4, seed=3, image_size=64, min_object_size=8.0,

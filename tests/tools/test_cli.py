@@ -10,10 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from backbones_tools import eval_coco, make_shapes, visualize
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
-
-from backbones_tools import eval_coco, make_shapes, visualize
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")

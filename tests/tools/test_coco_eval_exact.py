@@ -9,11 +9,10 @@ import io
 import numpy as np
 import pytest
 import torch
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
-
 from backbones_tools.data import CategoryMap
 from backbones_tools.evaluation import CocoEvaluator
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 
 _REFERENCE: dict[str, list[float]] = {}
 

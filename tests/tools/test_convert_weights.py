@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from backbones_tools import convert_weights as convert_cli
+from backbones_tools.deploy.convert import convert_weights, save_state_dict
 
 from backbones import create_backbone, load_weights
 from tests.helpers import randomize_norms_
 from tests.test_weights import _to_detectron2  # detectron2's names, restated independently of ours
-from backbones_tools import convert_weights as convert_cli
-from backbones_tools.deploy.convert import convert_weights, save_state_dict
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # pycocotools
 
@@ -108,10 +108,11 @@ def test_mmdet_deep_stem_checkpoint(tmp_path):
 @pytest.fixture(scope="module")
 def det_run(tmp_path_factory) -> Path:
     """A tiny Faster R-CNN R18 run (as tests/test_train_det.py trains it), one epoch."""
-    from tests.test_train_det import DEMO, SHAPES, tiny_overrides
     from backbones_tools.config import load_config
     from backbones_tools.data import make_shapes_dataset
     from backbones_tools.engine import train
+
+    from tests.test_train_det import DEMO, SHAPES, tiny_overrides
 
     root = tmp_path_factory.mktemp("shapes_det_convert")
     make_shapes_dataset(root, **SHAPES)

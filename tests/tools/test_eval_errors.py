@@ -6,7 +6,6 @@ import copy
 
 import pytest
 import torch
-
 from backbones_tools.data import CocoFormatError
 from backbones_tools.evaluation import CocoEvaluator
 

@@ -11,7 +11,6 @@ import io
 import time
 
 import pytest
-
 from backbones_tools.data import coco_from_dict
 from backbones_tools.evaluation import get_backend
 

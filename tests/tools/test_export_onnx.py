@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from backbones_tools import export as export_cli
 from backbones_tools.deploy import onnx_export as ox
 
@@ -115,10 +114,11 @@ def test_dynamo_exporter(tmp_path):
 @pytest.fixture(scope="module")
 def seg_checkpoint(tmp_path_factory) -> Path:
     """A tiny DeepLabV3+ R18 trained one epoch on 64-px shapes (as tests/test_train_seg.py does)."""
-    from tests.test_train_seg import DEMO, SHAPES, tiny_overrides
     from backbones_tools.config import load_config
     from backbones_tools.data import make_shapes_dataset
     from backbones_tools.engine import train
+
+    from tests.test_train_seg import DEMO, SHAPES, tiny_overrides
 
     root = tmp_path_factory.mktemp("shapes_seg_onnx")
     make_shapes_dataset(root, **SHAPES)
@@ -130,10 +130,11 @@ def seg_checkpoint(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def det_checkpoint(tmp_path_factory) -> Path:
     """A tiny Faster R-CNN R18 (16-channel FPN, min_size 64) trained one epoch on 64-px shapes."""
-    from tests.test_train_det import DEMO, SHAPES, tiny_overrides
     from backbones_tools.config import load_config
     from backbones_tools.data import make_shapes_dataset
     from backbones_tools.engine import train
+
+    from tests.test_train_det import DEMO, SHAPES, tiny_overrides
 
     root = tmp_path_factory.mktemp("shapes_det_onnx")
     make_shapes_dataset(root, **SHAPES)

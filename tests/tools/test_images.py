@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from backbones_tools.data import ImageLoadError, load_rgb
+from PIL import Image
 
 
 def test_grayscale_and_rgba(tmp_path):

@@ -12,17 +12,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
-from tests import test_train_det as det_demo
-from tests import test_train_seg as seg_demo
 from backbones_tools import eval_coco, predict
 from backbones_tools.config import load_config
 from backbones_tools.data import make_shapes_dataset
 from backbones_tools.data.palette import palette_array
-from backbones_tools.engine import train
 from backbones_tools.engine import predict as engine
+from backbones_tools.engine import train
 from backbones_tools.engine.metrics import read_jsonl
+from PIL import Image
+
+from tests import test_train_det as det_demo
+from tests import test_train_seg as seg_demo
 
 REPO = Path(__file__).resolve().parents[2]
 

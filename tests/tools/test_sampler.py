@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import torch
-from torch.utils.data import DistributedSampler, SequentialSampler
-
 from backbones_tools.data import GroupedBatchSampler, aspect_ratio_group_ids, build_train_sampler, collate_detection
+from torch.utils.data import DistributedSampler, SequentialSampler
 
 
 def test_group_ids_follow_torchvision_bins():

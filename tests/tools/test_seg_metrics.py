@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-
 from backbones_tools.evaluation import SegmentationMetrics, metrics_from_confusion
 
 

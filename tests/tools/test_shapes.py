@@ -8,9 +8,8 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from pycocotools import mask as mask_utils
-
 from backbones_tools.data import SHAPES_CATEGORIES, ShapesParams, make_shapes_dataset
+from pycocotools import mask as mask_utils
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 

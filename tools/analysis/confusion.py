@@ -40,14 +40,13 @@ from typing import Any
 import matplotlib
 import numpy as np
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from torchvision.ops import box_iou
-
 from backbones_tools.analysis import AnalysisError
 from backbones_tools.data.categories import CategoryMap
 from backbones_tools.data.coco_json import read_json, validate_coco_gt
 from backbones_tools.evaluation import metrics_from_confusion, run_cocoeval, validate_results
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from torchvision.ops import box_iou
 
 #: cells are annotated with their numbers up to this many classes
 ANNOTATE_UP_TO = 30
@@ -184,14 +183,15 @@ def seg_confusion(run: str | os.PathLike[str], checkpoint: str = "best.pth", spl
     ``data.val_split``) and return the pixel confusion matrix, as
     :func:`backbones_tools.engine.evaluate_checkpoint` builds the model and loader (the checkpoint's config
     and category map, the preflight's exclusions)."""
-    from backbones import optimize_for_inference
-    from backbones_tools.config.loader import validate_config
     from backbones_tools import distributed as D
+    from backbones_tools.config.loader import validate_config
     from backbones_tools.engine.checkpoint import load_checkpoint
     from backbones_tools.engine.data import build_eval_loader, prepare_data_root
     from backbones_tools.engine.preflight import run_preflight
     from backbones_tools.engine.tasks import make_task
     from backbones_tools.evaluation import SegmentationMetrics
+
+    from backbones import optimize_for_inference
 
     path = Path(run)
     path = path / checkpoint if path.is_dir() else path

@@ -15,10 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ValidationError
-
-from backbones_tools.config.shipped import find_config
 from backbones_tools.config.schema import SchemaChoiceError, TrainConfig, config_class
+from backbones_tools.config.shipped import find_config
+from pydantic import BaseModel, ValidationError
 
 BASE_KEY = "_base_"
 SET_SOURCE = "--set"

@@ -14,7 +14,6 @@ from typing import Any, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
-
 class Section(BaseModel):
     """Base of every config section: unknown keys are errors, values are validated on assignment."""
 

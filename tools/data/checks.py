@@ -30,10 +30,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
-
 from backbones_tools.data.coco_json import read_json
 from backbones_tools.data.errors import CocoFormatError
+from PIL import Image
 
 PathLike = str | os.PathLike[str]
 Log = Callable[[str], None]

@@ -10,13 +10,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
-
 from backbones_tools.data.categories import CategoryMap
 from backbones_tools.data.coco_json import load_coco_gt, read_json
 from backbones_tools.data.errors import CocoFormatError, ImageLoadError
 from backbones_tools.data.images import load_rgb
 from backbones_tools.data.transforms import DetectionTransform, build_detection_transforms
+from torch.utils.data import Dataset
 
 logger = logging.getLogger(__name__)
 

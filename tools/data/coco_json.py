@@ -15,9 +15,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pycocotools.coco import COCO
-
 from backbones_tools.data.errors import CocoFormatError
+from pycocotools.coco import COCO
 
 PathLike = str | os.PathLike[str]
 

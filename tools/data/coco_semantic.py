@@ -7,7 +7,6 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from backbones_tools.data.categories import CategoryMap
 from backbones_tools.data.coco_detection import CocoImageDataset, PathLike
 from backbones_tools.data.transforms import IGNORE_INDEX, SegmentationTransform, build_segmentation_transforms

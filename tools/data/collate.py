@@ -6,7 +6,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-
 from backbones_tools.data.transforms import IGNORE_INDEX
 
 

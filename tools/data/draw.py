@@ -11,12 +11,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from backbones_tools.data.categories import CategoryMap
+from backbones_tools.data.palette import IGNORE, class_colour, colorize
 from PIL import Image, ImageDraw, ImageFont
 from pycocotools import mask as mask_utils
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
-
-from backbones_tools.data.categories import CategoryMap
-from backbones_tools.data.palette import IGNORE, class_colour, colorize
 
 GT_COLOUR = (0, 220, 0)
 PRED_COLOUR = (255, 40, 40)

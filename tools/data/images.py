@@ -6,9 +6,8 @@ import os
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
-
 from backbones_tools.data.errors import ImageLoadError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

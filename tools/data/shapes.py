@@ -30,10 +30,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from backbones_tools.files import atomic_write_json
 from PIL import Image
 from pycocotools import mask as mask_utils
-
-from backbones_tools.files import atomic_write_json
 
 logger = logging.getLogger(__name__)
 

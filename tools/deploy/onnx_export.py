@@ -1,7 +1,8 @@
 """ONNX export of trunks, FPN backbones and trained segmenters / detectors, checked in ONNX Runtime.
 
-``trunk_target`` / ``checkpoint_target`` describe what to export (an eval-mode module returning a
-tuple of tensors, its output names, the input it expects and its dynamic axes); ``export_onnx``
+``trunk_target`` / ``checkpoint_target`` / ``module_target`` (a model in memory) describe what to
+export (an eval-mode module returning a tuple of tensors, its output names, the input it expects and
+its dynamic axes); ``export_onnx``
 writes the ``.onnx`` file with ``torch.onnx``; ``check_onnx`` runs it in ONNX Runtime
 (``CPUExecutionProvider``) and compares every output with PyTorch's (:data:`RTOL`, :data:`ATOL`).
 
@@ -290,6 +291,33 @@ def trunk_target(
                         size=size, notes=notes)
 
 
+MODULE_KINDS = ("trunk", "fpn", "segmenter", "detector")
+
+
+def module_target(model: nn.Module, kind: str, *, size: tuple[int, int] = (224, 224),
+                  description: str | None = None, in_channels: int = 3) -> ExportTarget:
+    """A model already in memory (e.g. with weights copied from another) as an export target,
+    wrapped as :func:`trunk_target` and :func:`checkpoint_target` wrap theirs: ``kind`` ``"trunk"``
+    or ``"fpn"`` (returns a dict of taps / levels) and ``"segmenter"`` (``{"out"[, "aux"]}``: every
+    entry is an output) on NCHW input; ``"detector"``, a torchvision detector on one ``[3, H, W]``
+    image, its transform made an :class:`ExactResizeTransform` in place (eager results unchanged).
+    The output names are the keys ``model`` returns on a small random input; ``model`` is put in
+    eval mode."""
+    if kind not in MODULE_KINDS:
+        raise DeployError(f"kind must be one of {', '.join(MODULE_KINDS)}; got {kind!r}")
+    model.eval()
+    with torch.no_grad():
+        if kind == "detector":
+            model.transform.__class__ = ExactResizeTransform  # same state; only the traced resize differs
+            names = tuple(model([torch.rand(in_channels, 64, 64)])[0].keys())
+            wrapped: nn.Module = _Detections(model, names)
+        else:
+            names = tuple(model(torch.randn(1, in_channels, 64, 64)).keys())
+            wrapped = _NamedOutputs(model, names)
+    return ExportTarget(wrapped.eval(), names, description or f"{kind} {type(model).__name__}", kind,
+                        in_channels=in_channels, size=size)
+
+
 def _load_run_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, Any]:
     """The model a training checkpoint of this package holds (as tools/engine/evaluate.py
     rebuilds it: saved config, saved category map, task builder, strict ``load_state_dict``)."""
@@ -520,6 +548,7 @@ __all__ = [
     "checkpoint_target",
     "compare_outputs",
     "export_onnx",
+    "module_target",
     "onnx_session",
     "require",
     "standard_checks",

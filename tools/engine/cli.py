@@ -7,11 +7,11 @@ import logging
 import sys
 from pathlib import Path
 
+from backbones_tools.cli_args import add_debug, add_overrides
 from backbones_tools.config.loader import ConfigError, load_config
 from backbones_tools.config.schema import TrainConfig
 from backbones_tools.config.shipped import demo_config, shipped_configs_dir
 from backbones_tools.errors import debug_requested, run_cli
-
 
 
 def build_parser(task: str) -> argparse.ArgumentParser:
@@ -24,8 +24,7 @@ def build_parser(task: str) -> argparse.ArgumentParser:
     parser.add_argument("--config", type=Path, default=demo,
                         help=f"YAML config, a file or a shipped one such as {task}/{demo.name} "
                         f"(default: that demo; shipped configs: {shipped_configs_dir()})")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set optim.lr=0.01 (repeatable)")
+    add_overrides(parser, "optim.lr=0.01")
     parser.add_argument("--data-root", help="COCO-layout dataset folder (annotations/instances_{train,val}2017.json, "
                         "train2017/, val2017/); replaces data.root and turns off shapes generation")
     parser.add_argument("--output-dir", type=Path, help="run folder (default: output_dir of the config, "
@@ -33,8 +32,7 @@ def build_parser(task: str) -> argparse.ArgumentParser:
     parser.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT|auto",
                         help="continue from <output-dir>/last.pth (or the given checkpoint); 'auto': "
                         "resume if last.pth exists, else start fresh (for requeued jobs)")
-    parser.add_argument("--debug", action="store_true",
-                        help="show the traceback of user errors too (or set TOOLS_DEBUG=1)")
+    add_debug(parser)
     return parser
 
 
@@ -68,6 +66,16 @@ def resolve_resume(resume: bool | str, output_dir: Path) -> bool | str:
     if resume == "auto":
         return (output_dir / "last.pth").is_file()
     return resume
+
+
+def main_det(argv: list[str] | None = None) -> int:
+    """``tools/train_det.py`` / ``backbones-train-det``."""
+    return main("det", argv)
+
+
+def main_seg(argv: list[str] | None = None) -> int:
+    """``tools/train_seg.py`` / ``backbones-train-seg``."""
+    return main("seg", argv)
 
 
 def main(task: str, argv: list[str] | None = None) -> int:

@@ -9,10 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
-
-from backbones_tools.config.schema import DataConfig
 from backbones_tools.config.loader import ConfigError
+from backbones_tools.config.schema import DataConfig
 from backbones_tools.data import (
     GroupedBatchSampler,
     aspect_ratio_group_ids,
@@ -21,6 +19,7 @@ from backbones_tools.data import (
     seeded_generator,
 )
 from backbones_tools.distributed import DistContext, barrier
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 
 class DataRootError(ValueError):

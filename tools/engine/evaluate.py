@@ -8,15 +8,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from backbones import optimize_for_inference
+from backbones_tools import distributed as D
+from backbones_tools.cli_args import add_checkpoint_source, add_debug, add_split_source
 from backbones_tools.config.loader import validate_config
 from backbones_tools.config.schema import TrainConfig
 from backbones_tools.data import CategoryMap
-from backbones_tools import distributed as D
 from backbones_tools.engine.checkpoint import CheckpointError, load_checkpoint
 from backbones_tools.engine.data import build_eval_loader, prepare_data_root
 from backbones_tools.engine.preflight import run_preflight_once
 from backbones_tools.engine.tasks import make_task
+
+from backbones import optimize_for_inference
 
 logger = logging.getLogger(__name__)
 
@@ -119,15 +121,11 @@ def _is_main() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def add_checkpoint_arguments(parser: Any) -> None:
-    """``--checkpoint``, ``--config``, ``--set``, ``--split``, ``--data-root`` (for eval_coco.py)."""
-    parser.add_argument("--checkpoint", required=True, help="training checkpoint (best.pth / last.pth)")
-    parser.add_argument("--config", help="config YAML (default: the config saved in the checkpoint)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override (repeatable)")
-    parser.add_argument("--split", help="split to evaluate (default: data.val_split)")
-    parser.add_argument("--data-root", help="COCO-layout dataset folder (default: data.root)")
-    parser.add_argument("--debug", action="store_true", help="show the traceback of user errors too (or TOOLS_DEBUG=1)")
+def add_checkpoint_arguments(parser: Any, *, required: bool = True) -> None:
+    """``--checkpoint``, ``--config``, ``--set``, ``--split``, ``--data-root``, ``--debug``."""
+    add_checkpoint_source(parser, required=required)
+    add_split_source(parser)
+    add_debug(parser)
 
 
 def run_from_args(args: Any) -> EvalOutcome:

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from backbones_tools.cli_args import add_checkpoint_source, add_debug
 from torch import nn
 
 #: file suffixes taken from a folder (explicitly named files and glob matches are all tried)
@@ -117,12 +118,13 @@ def load_predictor(
     categories of ``gt``, a COCO ground-truth dict). ``max_size`` caps a detector's resized
     longer side (its transform's ``max_size``); for a segmenter it is applied by :func:`predict`.
     """
-    from backbones import optimize_for_inference
     from backbones_tools.data import CategoryMap
     from backbones_tools.data.errors import CocoFormatError
-    from backbones_tools.engine.checkpoint import CheckpointError, load_checkpoint
     from backbones_tools.distributed import resolve_device
+    from backbones_tools.engine.checkpoint import CheckpointError, load_checkpoint
     from backbones_tools.engine.tasks import _check_num_classes, make_task
+
+    from backbones import optimize_for_inference
 
     if device == "cuda" and not torch.cuda.is_available():
         from backbones_tools.config.loader import ConfigError
@@ -316,7 +318,6 @@ def _segmentation_input(image: np.ndarray, eval_size: int | None, max_size: int 
     normalisation), then the longer side down to ``max_size`` if it is longer."""
     import albumentations as A
     import cv2
-
     from backbones_tools.data.transforms import SegmentationTransform
 
     ops: list[Any] = []
@@ -335,9 +336,8 @@ def _segmentation_input(image: np.ndarray, eval_size: int | None, max_size: int 
 def _write_index_png(mask: np.ndarray, num_labels: int, ignore_index: int | None, path: Path) -> Path:
     """Class ids as a PIL ``P``-mode PNG with the class palette attached (16-bit grey when the
     ids do not fit in a byte)."""
-    from PIL import Image
-
     from backbones_tools.data.palette import palette_array
+    from PIL import Image
 
     path.parent.mkdir(parents=True, exist_ok=True)
     if num_labels > 256:
@@ -383,12 +383,11 @@ def predict(
     ``max_size`` caps a segmenter's input longer side (a detector's is set by
     :func:`load_predictor`). Unreadable files are skipped and listed in the outcome.
     """
-    from tqdm import tqdm
-
     from backbones_tools.data.errors import ImageLoadError
     from backbones_tools.data.images import load_rgb
     from backbones_tools.data.transforms import build_detection_transforms
     from backbones_tools.files import atomic_write_text
+    from tqdm import tqdm
 
     cfg = predictor.cfg
     batch_size = int(batch_size or cfg.data.eval_batch_size)
@@ -519,13 +518,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run a detection or segmentation training checkpoint over images: COCO results JSON\n"
                     "and overlays (detection), class-index PNGs and overlays (segmentation).",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, help="training checkpoint (RUN/best.pth or last.pth)")
+    add_checkpoint_source(parser, required=True)
     parser.add_argument("--images", required=True, nargs="+", metavar="PATH",
                         help="image files, folders (their image files) and globs")
     parser.add_argument("--out", help="output folder (default: a 'predict' folder next to the checkpoint)")
-    parser.add_argument("--config", help="config YAML (default: the config saved in the checkpoint)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override (repeatable), e.g. model.options.box_score_thresh=0.3")
     parser.add_argument("--gt", help="COCO annotation JSON whose file_name entries give the image ids "
                                      "(detection; default: the digits in each file name, 000000000139.jpg -> 139)")
     parser.add_argument("--batch-size", type=_positive_int, help="images per forward pass (default: the config's "
@@ -542,7 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "detector's max_size (its resize caps the longer side at it)")
     parser.add_argument("--no-draw", action="store_true", help="write no overlay PNGs")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.add_argument("--debug", action="store_true", help="show the traceback of user errors too (or TOOLS_DEBUG=1)")
+    add_debug(parser)
     return parser
 
 

@@ -12,7 +12,6 @@ import math
 from collections.abc import Callable
 
 import torch
-
 from backbones_tools.config.schema import ScheduleConfig
 
 

@@ -14,12 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
-from torch.utils.data import DataLoader
-from torchvision.utils import make_grid
-from tqdm import tqdm
-
-from heads import build_detector, build_segmenter, counts_background, segmentation_loss
 from backbones_tools.config.loader import ConfigError
 from backbones_tools.config.schema import TrainConfig
 from backbones_tools.data import (
@@ -34,9 +28,15 @@ from backbones_tools.data import (
 from backbones_tools.data.draw import draw_gt_and_predictions, save_png
 from backbones_tools.data.errors import DatasetError
 from backbones_tools.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from backbones_tools.engine.data import split_paths, subset_ids
 from backbones_tools.distributed import DistContext
+from backbones_tools.engine.data import split_paths, subset_ids
 from backbones_tools.evaluation import CocoEvaluator, SegmentationMetrics, format_table
+from torch import nn
+from torch.utils.data import DataLoader
+from torchvision.utils import make_grid
+from tqdm import tqdm
+
+from heads import build_detector, build_segmenter, counts_background, segmentation_loss
 
 COCO_STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 

@@ -23,16 +23,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
-from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
-
-from backbones import optimize_for_inference
-from backbones.inference import use_gather_roi_align
+from backbones_tools import distributed as D
 from backbones_tools.config.loader import ConfigError, config_to_yaml
 from backbones_tools.config.schema import TrainConfig
 from backbones_tools.data.errors import CocoFormatError, DatasetError, ImageLoadError
-from backbones_tools import distributed as D
 from backbones_tools.engine.checkpoint import (
     CheckpointError,
     atomic_write_text,
@@ -43,13 +37,25 @@ from backbones_tools.engine.checkpoint import (
 )
 from backbones_tools.engine.data import SeededAugmentation, build_eval_loader, build_train_loader, prepare_data_root
 from backbones_tools.engine.init_weights import init_model, init_trunk, report_record
-from backbones_tools.engine.metrics import JsonlWriter, SmoothedValues, TensorBoardMirror, format_metrics, summary_writer_class
+from backbones_tools.engine.metrics import (
+    JsonlWriter,
+    SmoothedValues,
+    TensorBoardMirror,
+    format_metrics,
+    summary_writer_class,
+)
 from backbones_tools.engine.optim import build_optimizer
 from backbones_tools.engine.precision import Precision, choose_precision
-from backbones_tools.engine.preflight import run_preflight_once
 from backbones_tools.engine.preemption import Preempted, StopSignals
+from backbones_tools.engine.preflight import run_preflight_once
 from backbones_tools.engine.schedule import build_scheduler
 from backbones_tools.engine.tasks import Task, _check_num_classes, make_task
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from backbones import optimize_for_inference
+from backbones.inference import use_gather_roi_align
 
 logger = logging.getLogger(__name__)
 

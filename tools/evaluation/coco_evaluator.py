@@ -14,11 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from backbones_tools.data.categories import CategoryMap
 from backbones_tools.data.coco_json import coco_from_dict, read_json, validate_coco_gt
-from backbones_tools.evaluation.backends import get_backend
 from backbones_tools.distributed import all_gather_object
+from backbones_tools.evaluation.backends import get_backend
 from backbones_tools.evaluation.results import IOU_TYPES, ResultsReport, prediction_to_results, validate_results
 
 logger = logging.getLogger(__name__)

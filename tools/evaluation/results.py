@@ -8,10 +8,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from pycocotools import mask as mask_utils
-
 from backbones_tools.data.categories import CategoryMap
 from backbones_tools.data.errors import CocoFormatError
+from pycocotools import mask as mask_utils
 
 if TYPE_CHECKING:  # torch is imported where tensors are converted: results-only tools run without it
     import torch

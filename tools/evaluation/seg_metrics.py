@@ -14,7 +14,6 @@ import math
 from typing import Any
 
 import torch
-
 from backbones_tools.distributed import all_reduce_sum
 
 
