@@ -115,3 +115,46 @@ def test_bad_gt_and_options(tmp_path):
     gt["annotations"][1]["category_id"] = 77
     with pytest.raises(CocoFormatError, match="annotation 2 has category id 77"):
         CocoEvaluator(gt)
+
+
+@pytest.mark.parametrize("fault", [
+    {"image_id": True}, {"image_id": 1.0}, {"image_id": 7}, {"category_id": "3"}, {"category_id": 99},
+    {"score": float("nan")}, {"score": "0.9"}, {"score": None}, {"bbox": [10, 10, -1, 20]},
+    {"bbox": [10, 10, 20]}, {"bbox": [10, 10, 20, float("inf")]},
+    {"bbox": [10, 10, 20, True]}, {"bbox": [10, "10", 20, 20]},
+])
+def test_the_numpy_check_passes_a_fault_to_the_named_checks(fault):
+    from backbones_tools.evaluation.results import _all_valid_boxes, validate_results
+
+    good = [_det(), _det(2, 4, (0, 0, 40, 40), 0.5)]
+    assert _all_valid_boxes(good, _gt()) and _all_valid_boxes([{**good[0], "bbox": (1, 2, 3.5, 4)}], _gt())
+    bad = [good[0], {**good[1], **fault}]
+    assert not _all_valid_boxes(bad, _gt())
+    kept, report = validate_results(bad, "bbox", _gt(), strict=False)
+    assert kept == [good[0]] and report.dropped == 1, report.describe()
+
+
+@pytest.mark.parametrize("backend", ["pycocotools", "faster_coco_eval"])
+@pytest.mark.parametrize("iou_type", ["bbox", "segm"])
+def test_evaluation_leaves_the_callers_data_unchanged(backend, iou_type):
+    from pycocotools import mask as mask_utils
+
+    pytest.importorskip("faster_coco_eval") if backend != "pycocotools" else None
+    gt = _gt()
+    gt["annotations"][1]["segmentation"] = mask_utils.frPyObjects([[0, 0, 40, 0, 40, 40, 0, 40]], 50, 60)[0]
+    gt["annotations"][1]["segmentation"]["counts"] = gt["annotations"][1]["segmentation"]["counts"].decode()
+    results = [_det(), _det(2, 4, (0, 0, 40, 40), 0.5)]
+    if iou_type == "segm":
+        for r, ann in zip(results, gt["annotations"]):
+            rle = mask_utils.merge(mask_utils.frPyObjects(ann["segmentation"], 50, 60)) \
+                if isinstance(ann["segmentation"], list) else dict(ann["segmentation"])
+            r["segmentation"] = {"size": [50, 60], "counts": rle["counts"] if isinstance(rle["counts"], str)
+                                 else rle["counts"].decode()}
+            del r["bbox"]
+    gt_before, results_before = copy.deepcopy(gt), copy.deepcopy(results)
+    first = [CocoEvaluator(gt, [iou_type], backend=backend) for _ in range(2)]
+    for ev in first:
+        ev.add_results(results, iou_type)
+    stats = [ev.evaluate()[iou_type].stats for ev in first]
+    assert gt == gt_before and results == results_before
+    assert stats[0] == stats[1] and stats[0][0] == pytest.approx(1.0)

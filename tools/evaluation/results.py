@@ -151,6 +151,30 @@ def check_result(result: Any, iou_type: str, images: Mapping[int, Mapping[str, A
     return None
 
 
+def _all_valid_boxes(results: Sequence[Any], gt: Mapping[str, Any]) -> bool:
+    """True when every result is a valid bbox result, checked column-wise with numpy (50k results in
+    tens of milliseconds); False sends the list through :func:`check_result`, which names the faults."""
+    if not results or not all(isinstance(r, dict) for r in results):
+        return False
+    try:
+        image_ids = [r["image_id"] for r in results]
+        category_ids = [r["category_id"] for r in results]
+        scores = [r["score"] for r in results]
+        boxes = [r["bbox"] for r in results]
+    except KeyError:
+        return False
+    # exact types first: numpy would quietly turn True into 1 and "3" into 3.0
+    if not (set(map(type, image_ids)) == set(map(type, category_ids)) == {int}
+            and set(map(type, scores)) <= {int, float} and set(map(type, boxes)) <= {list, tuple}
+            and set(map(len, boxes)) == {4} and set(map(type, (v for b in boxes for v in b))) <= {int, float}):
+        return False
+    xywh = np.asarray(boxes, dtype=np.float64)
+    return bool(np.isfinite(xywh).all() and np.isfinite(np.asarray(scores, dtype=np.float64)).all()
+                and (xywh[:, 2:] >= 0).all()
+                and np.isin(image_ids, [img["id"] for img in gt["images"]]).all()
+                and np.isin(category_ids, [c["id"] for c in gt["categories"]]).all())
+
+
 def validate_results(
     results: Sequence[Any], iou_type: str, gt: Mapping[str, Any], *, strict: bool = True,
     source: str = "results",
@@ -162,6 +186,8 @@ def validate_results(
     """
     if not isinstance(results, list | tuple):
         raise CocoFormatError(f"{source}: results must be a JSON list, got {type(results).__name__}")
+    if iou_type == "bbox" and _all_valid_boxes(results, gt):
+        return list(results), ResultsReport()
     images = {img["id"]: img for img in gt["images"]}
     category_ids = {c["id"] for c in gt["categories"]}
     report = ResultsReport()
