@@ -383,10 +383,6 @@ def predict(
     ``max_size`` caps a segmenter's input longer side (a detector's is set by
     :func:`load_predictor`). Unreadable files are skipped and listed in the outcome.
     """
-    from backbones_tools.data.errors import ImageLoadError
-    from backbones_tools.data.images import load_rgb
-    from backbones_tools.data.transforms import build_detection_transforms
-    from backbones_tools.files import atomic_write_text
     from tqdm import tqdm
 
     cfg = predictor.cfg
@@ -403,31 +399,16 @@ def predict(
         image_ids, warnings = image_ids_from_names(paths)
         for warning in warnings:
             log(f"warning: {warning}")
-    det_transform = build_detection_transforms(False)
     num_labels = predictor.category_map.num_classes + 1
     ignore_index = getattr(cfg.model, "ignore_index", None)
-    eval_size = None if detection else cfg.data.seg_aug.eval_size
     iou_types = predictor.task.iou_types if detection else ()
     results: dict[int, dict[str, list[dict[str, Any]]]] = {}
     records: dict[int, dict[str, Any]] = {}
     bar = tqdm(total=len(paths), desc="predict", unit="img", dynamic_ncols=True, disable=not progress)
-
-    def read() -> Iterator[_Item]:
-        for index, path in enumerate(paths):
-            try:
-                image = load_rgb(path)
-            except (ImageLoadError, FileNotFoundError, OSError) as exc:
-                outcome.skipped.append((path, str(exc)))
-                bar.update(1)
-                continue
-            if detection:  # exactly the evaluation's input: 0..1, the detector resizes internally
-                tensor, _ = det_transform(image, np.zeros((0, 4), np.float32), np.zeros(0, np.int64))
-            else:
-                tensor = _segmentation_input(image, eval_size, max_size)
-            yield _Item(index, path, image, tensor)
+    items = _read_inputs(paths, predictor, max_size, outcome, bar)
 
     with torch.inference_mode():
-        for batch in _batches(read(), batch_size):
+        for batch in _batches(items, batch_size):
             if detection:
                 outputs = predictor.task.predict(predictor.model, [it.tensor for it in batch], predictor.device)
                 for item, output in zip(batch, outputs):
@@ -443,13 +424,44 @@ def predict(
             outcome.num_images += len(batch)
             bar.update(len(batch))
     bar.close()
+    _write_listings(predictor, outcome, records, results, iou_types)
+    return outcome
+
+
+def _read_inputs(paths: Sequence[Path], predictor: Predictor, max_size: int | None, outcome: PredictOutcome,
+                 bar: Any) -> Iterator[_Item]:
+    """Each readable image with its model input; unreadable files go to ``outcome.skipped``."""
+    from backbones_tools.data.errors import ImageLoadError
+    from backbones_tools.data.images import load_rgb
+    from backbones_tools.data.transforms import build_detection_transforms
+
+    detection = predictor.kind == "det"
+    det_transform = build_detection_transforms(False)
+    eval_size = None if detection else predictor.cfg.data.seg_aug.eval_size
+    for index, path in enumerate(paths):
+        try:
+            image = load_rgb(path)
+        except (ImageLoadError, FileNotFoundError, OSError) as exc:
+            outcome.skipped.append((path, str(exc)))
+            bar.update(1)
+            continue
+        if detection:  # exactly the evaluation's input: 0..1, the detector resizes internally
+            tensor, _ = det_transform(image, np.zeros((0, 4), np.float32), np.zeros(0, np.int64))
+        else:
+            tensor = _segmentation_input(image, eval_size, max_size)
+        yield _Item(index, path, image, tensor)
+
+
+def _write_listings(predictor: Predictor, outcome: PredictOutcome, records: Mapping[int, dict[str, Any]],
+                    results: Mapping[int, dict[str, list[dict[str, Any]]]], iou_types: Sequence[str]) -> None:
+    """The COCO results JSON of each IoU type (detection) and ``manifest.json``, in input order."""
+    from backbones_tools.files import atomic_write_text
 
     order = sorted(records)
-    if detection:
-        for iou_type in iou_types:
-            flat = [r for i in order for r in results[i][iou_type]]
-            name = "predictions.json" if iou_type == "bbox" else f"predictions_{iou_type}.json"
-            outcome.results[iou_type] = atomic_write_text(out_dir / name, json.dumps(flat))
+    for iou_type in iou_types:
+        flat = [r for i in order for r in results[i][iou_type]]
+        name = "predictions.json" if iou_type == "bbox" else f"predictions_{iou_type}.json"
+        outcome.results[iou_type] = atomic_write_text(outcome.out_dir / name, json.dumps(flat))
     manifest = {
         "checkpoint": str(predictor.checkpoint), "task": predictor.kind,
         "categories": predictor.category_map.to_dict(),
@@ -457,8 +469,7 @@ def predict(
         "images": [records[i] for i in order],
         "skipped": [{"file": str(p), "error": why} for p, why in outcome.skipped],
     }
-    outcome.manifest = atomic_write_text(out_dir / "manifest.json", json.dumps(manifest, indent=1))
-    return outcome
+    outcome.manifest = atomic_write_text(outcome.out_dir / "manifest.json", json.dumps(manifest, indent=1))
 
 
 def _write_detection(predictor: Predictor, item: _Item, output: Mapping[str, torch.Tensor], image_id: int,
