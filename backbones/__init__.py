@@ -4,7 +4,8 @@
 ``{tap: feature_map}`` with known channels and strides (``feature_info``); ``list_backbones()``
 names the variants; ``load_weights`` loads torchvision, timm, official Res2Net, detectron2 and
 MMDetection checkpoints; ``optimize_for_inference`` folds the norms into the convolutions and fuses
-ReLUs and residual adds for fast inference.
+ReLUs and residual adds for fast inference (detectors: ``heads.optimize_for_inference``). The
+private torch APIs this relies on are in ``backbones.compat``.
 """
 
 from .blocks import BasicBlock, Bottle2neck, Bottleneck

@@ -3,19 +3,30 @@
 
 Attribute names (``conv1``, ``bn1``, ..., ``convs``, ``bns``, ``downsample``) are those of torchvision
 and timm, so their checkpoints load key for key.
+
+Each block has one ``forward``, for training and inference alike. ``optimize_for_inference``
+(``backbones.inference``) swaps modules inside it: each conv becomes a ``FusedConv2d`` with its norm
+folded in and its ReLU fused (the norms and ``relu`` become ``nn.Identity``) and sets ``fused``;
+the two steps that then differ are the shared helpers :meth:`ResidualBlock.add_shortcut` (the last
+conv also does the shortcut add and ReLU) and :func:`concat_splits` (Res2Net without ``torch.cat``).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, Sequence, TypedDict
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import StochasticDepth
 
-from .dcn import DeformConv3x3
+from .dcn import DeformConv3x3, conv3x3_geometry
+
+try:
+    from typing import Unpack
+except ImportError:  # Python 3.10
+    from typing_extensions import Unpack
 
 NormFactory = Callable[[int], nn.Module]
 
@@ -32,16 +43,7 @@ def conv3x3(
     """3x3 convolution without bias whose padding keeps the size (divided by ``stride``)."""
     if deformable:
         return DeformConv3x3(in_channels, out_channels, stride=stride, dilation=dilation, groups=groups)
-    return nn.Conv2d(
-        in_channels,
-        out_channels,
-        kernel_size=3,
-        stride=stride,
-        padding=dilation,
-        dilation=dilation,
-        groups=groups,
-        bias=False,
-    )
+    return nn.Conv2d(in_channels, out_channels, **conv3x3_geometry(stride=stride, dilation=dilation, groups=groups))
 
 
 def conv1x1(in_channels: int, out_channels: int, *, stride: int = 1) -> nn.Conv2d:
@@ -83,38 +85,66 @@ def make_shortcut(
     return nn.Sequential(pool, conv1x1(in_channels, out_channels), norm(out_channels))
 
 
-class ResidualBlock(nn.Module):
-    """Shared tail of every block: ``relu(drop_path(residual(x)) + shortcut(x))``.
+class BlockOptions(TypedDict, total=False):
+    """Keyword options every block takes besides its own (see :class:`ResidualBlock`)."""
 
-    Subclasses build ``residual`` and name the norm layer that ends it (``last_norm``), which
+    stride: int
+    dilation: int
+    first_dilation: int | None
+    downsample: nn.Module | None
+    drop_path: float
+
+
+class ResidualBlock(nn.Module):
+    """Base of every block: ``relu(drop_path(branch(x)) + shortcut(x))``.
+
+    Subclasses build the branch in ``__init__`` and write it once in ``forward``, ending with
+    :meth:`add_shortcut`; they name the norm layer that ends the branch (``last_norm``), which
     ``zero_init_last`` zeroes so that the block starts as the identity (Goyal et al., 2017).
+
+    Args (:class:`BlockOptions`, the same for every block):
+        stride: stride of the block (on its strided conv, and of ``downsample``).
+        dilation: dilation of the 3x3 convs.
+        first_dilation: dilation of the first (strided) 3x3 conv, default ``dilation``; the
+            previous stage's dilation in the first block of a newly dilated stage, as in timm.
+        downsample: the projection shortcut (:func:`make_shortcut`), or ``None`` for the identity.
+        drop_path: stochastic-depth rate of the branch (per sample, training only).
     """
 
     expansion: int = 1
     last_norm_name: str = ""
     #: Set by ``backbones.optimize_for_inference`` once the convs are ``FusedConv2d`` (norms folded,
-    #: ReLU and the residual add fused): ``forward`` then runs :meth:`forward_fused`.
+    #: ReLUs and the residual add fused): see :meth:`add_shortcut`.
     fused: bool = False
 
-    def __init__(self, downsample: nn.Module | None, drop_path: float) -> None:
+    def __init__(
+        self,
+        *,
+        stride: int = 1,
+        dilation: int = 1,
+        first_dilation: int | None = None,
+        downsample: nn.Module | None = None,
+        drop_path: float = 0.0,
+    ) -> None:
         super().__init__()
+        self.stride = stride
+        self.dilation = dilation
+        self.first_dilation = first_dilation or dilation
         self.downsample = downsample
         self.drop_path = StochasticDepth(drop_path, "row") if drop_path > 0 else nn.Identity()
         self.relu = nn.ReLU(inplace=True)
 
-    def residual(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+    def shortcut(self, x: torch.Tensor) -> torch.Tensor:
+        """The identity, or the projection ``downsample(x)``."""
+        return x if self.downsample is None else self.downsample(x)
 
-    def forward_fused(self, x: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
-        """Inference forward of a fused block: ``relu(residual(x) + shortcut)`` with the add and
-        ReLU done by the last conv (see ``backbones.inference.FusedConv2d``)."""
-        raise NotImplementedError
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shortcut = x if self.downsample is None else self.downsample(x)
+    def add_shortcut(self, conv: nn.Module, norm: nn.Module, x: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
+        """The end of every block: ``relu(drop_path(norm(conv(x))) + shortcut)``. In a fused block
+        ``conv`` is a ``FusedConv2d`` with ``norm`` folded in, which adds and applies the ReLU itself
+        (inference only: no stochastic depth)."""
         if self.fused:
-            return self.forward_fused(x, shortcut)
-        out = self.drop_path(self.residual(x))
+            return conv(x, shortcut)
+        out = self.drop_path(norm(conv(x)))
         out += shortcut  # in place, as torchvision: one fewer pass over memory
         return self.relu(out)
 
@@ -135,29 +165,18 @@ class BasicBlock(ResidualBlock):
     last_norm_name = "bn2"
 
     def __init__(
-        self,
-        in_channels: int,
-        planes: int,
-        *,
-        stride: int = 1,
-        dilation: int = 1,
-        first_dilation: int | None = None,
-        downsample: nn.Module | None = None,
-        norm: NormFactory = nn.BatchNorm2d,
-        drop_path: float = 0.0,
+        self, in_channels: int, planes: int, *, norm: NormFactory = nn.BatchNorm2d, **options: Unpack[BlockOptions]
     ) -> None:
-        super().__init__(downsample, drop_path)
-        self.conv1 = conv3x3(in_channels, planes, stride=stride, dilation=first_dilation or dilation)
+        super().__init__(**options)
+        self.conv1 = conv3x3(in_channels, planes, stride=self.stride, dilation=self.first_dilation)
         self.bn1 = norm(planes)
-        self.conv2 = conv3x3(planes, planes, dilation=dilation)
+        self.conv2 = conv3x3(planes, planes, dilation=self.dilation)
         self.bn2 = norm(planes)
 
-    def residual(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = self.shortcut(x)
         out = self.relu(self.bn1(self.conv1(x)))
-        return self.bn2(self.conv2(out))
-
-    def forward_fused(self, x: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
-        return self.conv2(self.conv1(x), shortcut)
+        return self.add_shortcut(self.conv2, self.bn2, out, shortcut)
 
 
 class Bottleneck(ResidualBlock):
@@ -171,40 +190,26 @@ class Bottleneck(ResidualBlock):
     last_norm_name = "bn3"
 
     def __init__(
-        self,
-        in_channels: int,
-        planes: int,
-        *,
-        stride: int = 1,
-        dilation: int = 1,
-        first_dilation: int | None = None,
-        downsample: nn.Module | None = None,
-        norm: NormFactory = nn.BatchNorm2d,
-        groups: int = 1,
-        base_width: int = 64,
-        style: str = "pytorch",
-        deformable: bool = False,
-        drop_path: float = 0.0,
+        self, in_channels: int, planes: int, *, norm: NormFactory = nn.BatchNorm2d, groups: int = 1,
+        base_width: int = 64, style: str = "pytorch", deformable: bool = False, **options: Unpack[BlockOptions],
     ) -> None:
-        super().__init__(downsample, drop_path)
+        super().__init__(**options)
         width = int(planes * (base_width / 64.0)) * groups
-        stride_1x1, stride_3x3 = (stride, 1) if style == "caffe" else (1, stride)
+        stride_1x1, stride_3x3 = (self.stride, 1) if style == "caffe" else (1, self.stride)
         self.conv1 = conv1x1(in_channels, width, stride=stride_1x1)
         self.bn1 = norm(width)
         self.conv2 = conv3x3(
-            width, width, stride=stride_3x3, dilation=first_dilation or dilation, groups=groups, deformable=deformable
+            width, width, stride=stride_3x3, dilation=self.first_dilation, groups=groups, deformable=deformable
         )
         self.bn2 = norm(width)
         self.conv3 = conv1x1(width, planes * self.expansion)
         self.bn3 = norm(planes * self.expansion)
 
-    def residual(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = self.shortcut(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
-        return self.bn3(self.conv3(out))
-
-    def forward_fused(self, x: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
-        return self.conv3(self.conv2(self.conv1(x)), shortcut)
+        return self.add_shortcut(self.conv3, self.bn3, out, shortcut)
 
 
 class Bottle2neck(ResidualBlock):
@@ -218,39 +223,30 @@ class Bottle2neck(ResidualBlock):
     last_norm_name = "bn3"
 
     def __init__(
-        self,
-        in_channels: int,
-        planes: int,
-        *,
-        stride: int = 1,
-        dilation: int = 1,
-        first_dilation: int | None = None,
-        downsample: nn.Module | None = None,
-        norm: NormFactory = nn.BatchNorm2d,
-        groups: int = 1,
-        base_width: int = 26,
-        scale: int = 4,
-        deformable: bool = False,
-        drop_path: float = 0.0,
+        self, in_channels: int, planes: int, *, norm: NormFactory = nn.BatchNorm2d, groups: int = 1,
+        base_width: int = 26, scale: int = 4, deformable: bool = False, **options: Unpack[BlockOptions],
     ) -> None:
-        super().__init__(downsample, drop_path)
+        super().__init__(**options)
         self.scale = scale
         self.width = int(math.floor(planes * (base_width / 64.0))) * groups
-        self.is_first = stride > 1 or downsample is not None
-        conv_dilation = first_dilation or dilation
+        self.is_first = self.stride > 1 or self.downsample is not None
         self.conv1 = conv1x1(in_channels, self.width * scale)
         self.bn1 = norm(self.width * scale)
         self.convs = nn.ModuleList(
-            conv3x3(self.width, self.width, stride=stride, dilation=conv_dilation, groups=groups, deformable=deformable)
+            conv3x3(
+                self.width, self.width, stride=self.stride, dilation=self.first_dilation, groups=groups,
+                deformable=deformable,
+            )
             for _ in range(max(1, scale - 1))
         )
         self.bns = nn.ModuleList(norm(self.width) for _ in range(max(1, scale - 1)))
         # count_include_pad=True as in the released weights' training code.
-        self.pool = nn.AvgPool2d(kernel_size=3, stride=stride, padding=1) if self.is_first else None
+        self.pool = nn.AvgPool2d(kernel_size=3, stride=self.stride, padding=1) if self.is_first else None
         self.conv3 = conv1x1(self.width * scale, planes * self.expansion)
         self.bn3 = norm(planes * self.expansion)
 
-    def residual(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = self.shortcut(x)
         out = self.relu(self.bn1(self.conv1(x)))
         splits = torch.split(out, self.width, dim=1)
         outputs = []
@@ -261,35 +257,35 @@ class Bottle2neck(ResidualBlock):
             outputs.append(carried)
         if self.scale > 1:
             outputs.append(self.pool(splits[-1]) if self.pool is not None else splits[-1])
-        return self.bn3(self.conv3(torch.cat(outputs, dim=1)))
+        merged = concat_splits(outputs, out) if self.fused else torch.cat(outputs, dim=1)
+        return self.add_shortcut(self.conv3, self.bn3, merged, shortcut)
 
-    def forward_fused(self, x: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
-        """Fused inference path without ``torch.cat``: each split's output is written straight into
-        its channel slot. Without autograd the slots are those of ``conv1``'s output itself (each
-        split is read before its slot is overwritten), so the last split of a non-first block is
-        never copied; a strided first block writes into one preallocated buffer instead."""
-        out = self.conv1(x)
-        splits = torch.split(out, self.width, dim=1)
-        first = self.convs[0](splits[0])
-        in_place = first.shape[-2:] == out.shape[-2:] and not (torch.is_grad_enabled() and out.requires_grad)
-        if in_place:
-            merged = out
-        else:
-            shape = (first.shape[0], out.shape[1], *first.shape[-2:])
-            merged = torch.empty(shape, dtype=first.dtype, device=first.device, memory_format=_memory_format(first))
-        width = self.width
-        merged[:, :width].copy_(first)
-        carried = first
-        for i in range(1, len(self.convs)):
-            carried = self.convs[i](splits[i] if self.is_first else carried + splits[i])
-            merged[:, i * width : (i + 1) * width].copy_(carried)
-        if self.scale > 1:
-            if self.pool is not None:
-                merged[:, -width:].copy_(self.pool(splits[-1]))
-            elif not in_place:
-                merged[:, -width:].copy_(splits[-1])
-        return self.conv3(merged, shortcut)
+
+def concat_splits(parts: Sequence[torch.Tensor], source: torch.Tensor) -> torch.Tensor:
+    """``torch.cat(parts, dim=1)`` for a fused (inference) Res2Net block, where ``source`` is the
+    first 1x1 conv's output that the parts were computed from.
+
+    Without autograd, and when the parts have ``source``'s size, each part is written into its
+    channel slot of ``source`` itself (every split has been read by then), so a part that already is
+    its slot (the last split of a non-first block) is never copied; otherwise (a strided first
+    block) the parts go into one preallocated buffer.
+    """
+    first = parts[0]
+    in_place = first.shape[-2:] == source.shape[-2:] and not (torch.is_grad_enabled() and source.requires_grad)
+    if in_place:
+        merged = source
+    else:
+        shape = (first.shape[0], source.shape[1], *first.shape[-2:])
+        merged = torch.empty(shape, dtype=first.dtype, device=first.device, memory_format=_memory_format(first))
+    start = 0
+    for part in parts:
+        slot = merged[:, start : start + part.shape[1]]
+        if not (in_place and part.data_ptr() == slot.data_ptr()):
+            slot.copy_(part)
+        start += part.shape[1]
+    return merged
 
 
 def _memory_format(x: torch.Tensor) -> torch.memory_format:
-    return torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() else torch.contiguous_format
+    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    return torch.channels_last if channels_last else torch.contiguous_format

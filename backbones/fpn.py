@@ -19,6 +19,7 @@ from torch import nn
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 
+from .compat import set_p6p7_source
 from .norm import make_norm
 from .trunk import STAGE_TAPS, FeatureInfo, ResNet
 from .variants import create_backbone
@@ -26,6 +27,7 @@ from .variants import create_backbone
 #: Extra levels above the deepest trunk level: none, one by stride-2 subsampling (Faster/Mask
 #: R-CNN), or two by strided 3x3 convs (RetinaNet, FCOS).
 EXTRAS = ("maxpool", "p6p7", None)
+EXTRA_LEVELS = {"maxpool": 1, "p6p7": 2, None: 0}
 #: Sources of the first P6/P7 conv: the last pyramid level or the last trunk feature map.
 P6P7_SOURCES = ("p5", "c5")
 FPN_NORMS = (None, "BN", "SyncBN", "GN")
@@ -35,6 +37,55 @@ DEFAULT_TAPS = {"maxpool": STAGE_TAPS, None: STAGE_TAPS, "p6p7": ("c3", "c4", "c
 
 def _level_name(tap: str) -> str:
     return "p" + tap[1:]
+
+
+def _check_fpn_options(
+    body: nn.Module, *, fpn_channels: int, extra: str | None, p6p7_from: str, fpn_norm: str | None
+) -> list[FeatureInfo]:
+    """The trunk's ``feature_info``, after checking that it and the options make a pyramid."""
+    infos = list(getattr(body, "feature_info", ()))
+    bad = [info.name for info in infos if info.name not in STAGE_TAPS]
+    if not infos or bad:
+        raise ValueError(
+            f"an FPN is built on stage taps among {', '.join(STAGE_TAPS)}; the trunk returns "
+            f"{[info.name for info in infos]} ({', '.join(bad) or 'nothing'} cannot feed a pyramid)"
+        )
+    if not isinstance(fpn_channels, int) or isinstance(fpn_channels, bool) or fpn_channels < 1:
+        raise ValueError(f"fpn_channels must be a positive integer; got {fpn_channels!r}")
+    _check_extra(extra)
+    if p6p7_from not in P6P7_SOURCES:
+        raise ValueError(f"p6p7_from must be one of {', '.join(map(repr, P6P7_SOURCES))}; got {p6p7_from!r}")
+    if fpn_norm not in FPN_NORMS:
+        raise ValueError(f"fpn_norm must be one of {', '.join(map(repr, FPN_NORMS))}; got {fpn_norm!r}")
+    return infos
+
+
+def _check_extra(extra: str | None) -> None:
+    if extra not in EXTRAS:
+        raise ValueError(f"extra must be one of {', '.join(map(repr, EXTRAS))}; got {extra!r}")
+
+
+def _extra_block(extra: str | None, p6p7_from: str, fpn_channels: int, c5_channels: int) -> nn.Module | None:
+    """torchvision's block for the levels above the trunk's: P6 by max-pool, or P6/P7 by convs."""
+    if extra == "maxpool":
+        return LastLevelMaxPool()
+    if extra == "p6p7":
+        block = LastLevelP6P7(fpn_channels if p6p7_from == "p5" else c5_channels, fpn_channels)
+        # torchvision picks the source by comparing channel counts; say it explicitly instead.
+        set_p6p7_source(block, from_p5=p6p7_from == "p5")
+        return block
+    return None
+
+
+def pyramid_levels(infos: Sequence[FeatureInfo], fpn_channels: int, extra: str | None) -> list[FeatureInfo]:
+    """``FeatureInfo`` of every pyramid level: one per trunk tap (``c3`` -> ``p3``), then the extra
+    levels, each at twice the stride of the one below."""
+    levels = [FeatureInfo(_level_name(info.name), fpn_channels, info.stride) for info in infos]
+    last = infos[-1]
+    index = int(last.name[1:])
+    for k in range(EXTRA_LEVELS[extra]):
+        levels.append(FeatureInfo(f"p{index + 1 + k}", fpn_channels, last.stride * 2 ** (k + 1)))
+    return levels
 
 
 class FPNBackbone(nn.Module):
@@ -66,51 +117,21 @@ class FPNBackbone(nn.Module):
         fpn_norm: str | None = None,
     ) -> None:
         super().__init__()
-        infos = list(getattr(body, "feature_info", ()))
-        bad = [info.name for info in infos if info.name not in STAGE_TAPS]
-        if not infos or bad:
-            raise ValueError(
-                f"an FPN is built on stage taps among {', '.join(STAGE_TAPS)}; the trunk returns "
-                f"{[info.name for info in infos]} ({', '.join(bad) or 'nothing'} cannot feed a pyramid)"
-            )
-        if not isinstance(fpn_channels, int) or isinstance(fpn_channels, bool) or fpn_channels < 1:
-            raise ValueError(f"fpn_channels must be a positive integer; got {fpn_channels!r}")
-        if extra not in EXTRAS:
-            raise ValueError(f"extra must be one of {', '.join(map(repr, EXTRAS))}; got {extra!r}")
-        if p6p7_from not in P6P7_SOURCES:
-            raise ValueError(f"p6p7_from must be one of {', '.join(map(repr, P6P7_SOURCES))}; got {p6p7_from!r}")
-        if fpn_norm not in FPN_NORMS:
-            raise ValueError(f"fpn_norm must be one of {', '.join(map(repr, FPN_NORMS))}; got {fpn_norm!r}")
-
-        last = infos[-1]
-        extra_block: nn.Module | None = None
-        if extra == "maxpool":
-            extra_block = LastLevelMaxPool()
-        elif extra == "p6p7":
-            source_channels = fpn_channels if p6p7_from == "p5" else last.channels
-            extra_block = LastLevelP6P7(source_channels, fpn_channels)
-            # torchvision picks the source by comparing channel counts; say it explicitly instead.
-            extra_block.use_P5 = p6p7_from == "p5"
-
+        infos = _check_fpn_options(body, fpn_channels=fpn_channels, extra=extra, p6p7_from=p6p7_from, fpn_norm=fpn_norm)
         self.body = body
         self.fpn = FeaturePyramidNetwork(
             in_channels_list=[info.channels for info in infos],
             out_channels=fpn_channels,
-            extra_blocks=extra_block,
+            extra_blocks=_extra_block(extra, p6p7_from, fpn_channels, infos[-1].channels),
             norm_layer=partial(make_norm, fpn_norm) if fpn_norm else None,
         )
         self.out_channels = fpn_channels
         self.extra = extra
         self.p6p7_from = p6p7_from if extra == "p6p7" else None
         self.fpn_norm = fpn_norm
-
-        levels = [FeatureInfo(_level_name(info.name), fpn_channels, info.stride) for info in infos]
-        self.trunk_levels = tuple(level.name for level in levels)
-        index = int(last.name[1:])
-        for k in range({"maxpool": 1, "p6p7": 2, None: 0}[extra]):
-            levels.append(FeatureInfo(f"p{index + 1 + k}", fpn_channels, last.stride * 2 ** (k + 1)))
-        self.feature_info = levels
-        self.level_names = tuple(level.name for level in levels)
+        self.feature_info = pyramid_levels(infos, fpn_channels, extra)
+        self.trunk_levels = tuple(_level_name(info.name) for info in infos)
+        self.level_names = tuple(level.name for level in self.feature_info)
 
     def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
         taps = self.body(x)
@@ -147,8 +168,7 @@ def create_fpn_backbone(
         An :class:`FPNBackbone` returning ``{"p2": ..., ..., "p6"}`` (for the defaults), whose
         ``out_channels`` is ``fpn_channels`` and whose ``feature_info`` gives each level's stride.
     """
-    if extra not in EXTRAS:
-        raise ValueError(f"extra must be one of {', '.join(map(repr, EXTRAS))}; got {extra!r}")
+    _check_extra(extra)
     taps = DEFAULT_TAPS[extra] if out_features is None else out_features
     if isinstance(taps, str):
         taps = (taps,)

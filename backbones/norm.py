@@ -5,6 +5,8 @@ from __future__ import annotations
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
+from .compat import BATCH_NORM_TYPES
+
 NORM_KINDS = ("BN", "SyncBN", "GN", "FrozenBN")
 
 #: Groups used by ``GN`` (Wu & He, 2018). Widths not divisible by it use their largest divisor below it.
@@ -34,5 +36,5 @@ def make_norm(kind: str, channels: int) -> nn.Module:
 
 def is_batch_norm(module: nn.Module) -> bool:
     """True for layers that keep running statistics updated in training mode (BN and SyncBN)."""
-    return isinstance(module, nn.modules.batchnorm._BatchNorm)
+    return isinstance(module, BATCH_NORM_TYPES)
 

@@ -39,7 +39,7 @@ class TimmFeatures(nn.Module):
 
     def __init__(self, trunk: nn.Module, out_indices: Sequence[int]) -> None:
         super().__init__()
-        from timm.models._features import FeatureInfo
+        from timm.models import FeatureInfo
 
         self.trunk = trunk
         self.out_indices = tuple(out_indices)
@@ -119,13 +119,12 @@ def register_timm_model(name: str, variant: str, **options: Any) -> str:
 
 def register_timm_models() -> list[str]:
     """Register every variant with timm as ``backbones_<variant>`` (idempotent); returns the names."""
-    from timm.models import register_model
-    from timm.models._registry import _model_entrypoints
+    from timm.models import is_model, register_model
 
     names = []
     for variant in VARIANTS:
         name = PREFIX + variant
-        if name not in _model_entrypoints:
+        if not is_model(name):
             setattr(sys.modules[__name__], name, register_model(_entrypoint(name, variant, {})))
         names.append(name)
     return names

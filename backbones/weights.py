@@ -8,6 +8,7 @@ import pickle
 import re
 import zipfile
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Mapping
 from urllib.parse import urlparse
@@ -273,6 +274,26 @@ def load_matching(
     return report
 
 
+def _adapt_first_conv(state: dict[str, torch.Tensor], model_state: Mapping[str, torch.Tensor]) -> list[str]:
+    """Adapt, in ``state``, an RGB first-conv kernel to the model's input channels; return notes."""
+    first_conv = next((k for k in _FIRST_CONV_KEYS if k in model_state), None)
+    if not first_conv or first_conv not in state:
+        return []
+    want, have = model_state[first_conv].shape[1], state[first_conv].shape[1]
+    if want == have or have != 3:
+        return []
+    state[first_conv] = adapt_input_conv(state[first_conv], want)
+    return [f"{first_conv} adapted from 3 to {want} input channels"]
+
+
+def _left_at_init(fmt: str, key: str) -> bool:
+    """Model keys a checkpoint of format ``fmt`` rightly lacks."""
+    if ".conv_offset." in key:  # DCN offsets start at zero
+        return True
+    # caffe2 folded the BN statistics into scale and bias: the defaults (0, 1) are right.
+    return fmt == "caffe2" and key.endswith(("running_mean", "running_var"))
+
+
 def load_weights(
     model: nn.Module, source: WeightsSource, *, format: str = "auto", strict: bool = True
 ) -> LoadReport:
@@ -298,21 +319,7 @@ def load_weights(
     fmt = detect_format(state) if format == "auto" else format
     model_state = model.state_dict()
     state, dropped = to_native(state, fmt, set(model_state))
-
-    notes = []
-    first_conv = next((k for k in _FIRST_CONV_KEYS if k in model_state), None)
-    if first_conv and first_conv in state:
-        want, have = model_state[first_conv].shape[1], state[first_conv].shape[1]
-        if want != have and have == 3:
-            state[first_conv] = adapt_input_conv(state[first_conv], want)
-            notes.append(f"{first_conv} adapted from 3 to {want} input channels")
-
-    def keep_init(key: str) -> bool:
-        if ".conv_offset." in key:  # DCN offsets start at zero
-            return True
-        # caffe2 folded the BN statistics into scale and bias: the defaults (0, 1) are right.
-        return fmt == "caffe2" and key.endswith(("running_mean", "running_var"))
-
+    notes = _adapt_first_conv(state, model_state)
     report = load_matching(
         model,
         state,
@@ -320,7 +327,7 @@ def load_weights(
         format=fmt,
         strict=strict,
         skip=lambda key: _is_deliberately_skipped(key, model),
-        keep_init=keep_init,
+        keep_init=partial(_left_at_init, fmt),
     )
     report.ignored = list(dropped) + report.ignored
     report.notes = notes + report.notes

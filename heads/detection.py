@@ -17,21 +17,25 @@ from typing import Any, Callable, Mapping
 
 from torch import nn
 from torchvision.models.detection import FCOS, FasterRCNN, KeypointRCNN, MaskRCNN, RetinaNet
+from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads
 from torchvision.models.detection.retinanet import RetinaNetHead
 from torchvision.models.detection.rpn import RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torchvision.ops import MultiScaleRoIAlign
 
 from backbones import create_fpn_backbone
 
 from .anchors import (
+    Levels,
     check_anchor_generator,
     check_roi_pool,
     default_anchor_sizes,
     make_anchor_generator,
     make_roi_pool,
 )
+from .compat import set_box_loss
 from .targets import TargetCheck
 
 VERSIONS = ("v1", "v2")
@@ -175,6 +179,69 @@ def _resolve_backbone(
     return backbone
 
 
+def _check_build_options(
+    kind: str, spec: DetectorKind, num_classes: Any, version: str, kwargs: Mapping[str, Any]
+) -> None:
+    """Everything ``build_detector`` can reject before building anything."""
+    _check_num_classes(kind, spec, num_classes)
+    if version not in VERSIONS:
+        raise ValueError(f"version must be one of {', '.join(map(repr, VERSIONS))}; got {version!r}")
+    accepted = accepted_options(kind)
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        raise ValueError(
+            f"unknown option(s) {', '.join(unknown)} for {kind} ({spec.cls.__name__}); accepted: "
+            f"{', '.join(accepted)}, plus backbone_options, version, anchor_sizes, aspect_ratios"
+        )
+    if version == "v2":
+        _v2_parts(kind, spec, 0, 0, 0)  # no v2 recipe: an error
+
+
+def _anchor_generator(
+    spec: DetectorKind, levels: Levels, given: AnchorGenerator | None, anchor_sizes: Any, aspect_ratios: Any
+) -> AnchorGenerator:
+    """The user's anchor generator, checked against the pyramid, or one made from
+    ``anchor_sizes``/``aspect_ratios`` (default: the kind's torchvision tables scaled by stride)."""
+    option = spec.anchor_option
+    if given is not None:
+        if anchor_sizes is not None or aspect_ratios is not None:
+            raise ValueError(f"give either {option} or anchor_sizes/aspect_ratios, not both")
+        check_anchor_generator(given, levels, option=option, anchors_per_location=spec.anchors_per_location)
+        return given
+    if anchor_sizes is None:
+        anchor_sizes = default_anchor_sizes(levels, spec.size_per_stride, spec.scales_per_octave)
+    return make_anchor_generator(
+        levels,
+        sizes=anchor_sizes,
+        aspect_ratios=aspect_ratios if aspect_ratios is not None else spec.aspect_ratios,
+        anchors_per_location=spec.anchors_per_location,
+    )
+
+
+def _roi_pools(spec: DetectorKind, pyramid: nn.Module, kwargs: Mapping[str, Any]) -> dict[str, MultiScaleRoIAlign]:
+    """The kind's RoI poolers: the user's, checked against the pyramid, or torchvision's over the
+    levels computed from trunk taps (not the extra P6/P7)."""
+    levels = list(pyramid.feature_info)
+    roi_levels = [level.name for level in levels if level.name in getattr(pyramid, "trunk_levels", [level.name])]
+    pools = {}
+    for option, output_size in spec.roi_pools:
+        if kwargs.get(option) is not None:
+            check_roi_pool(kwargs[option], levels, option=option)
+            pools[option] = kwargs[option]
+        else:
+            pools[option] = make_roi_pool(roi_levels, output_size)
+    return pools
+
+
+def _v2_defaults(
+    kind: str, spec: DetectorKind, pyramid: nn.Module, kwargs: Mapping[str, Any], num_classes: int
+) -> dict[str, nn.Module]:
+    """torchvision's ``*_v2`` heads for the head options the user left unset."""
+    num_anchors = kwargs[spec.anchor_option].num_anchors_per_location()[0]
+    parts = _v2_parts(kind, spec, pyramid.out_channels, num_anchors, num_classes)
+    return {option: make() for option, make in parts.items() if kwargs.get(option) is None}
+
+
 def _v2_parts(kind: str, spec: DetectorKind, channels: int, num_anchors: int, num_classes: int) -> dict[str, Callable[[], nn.Module]]:
     """torchvision's ``*_v2`` heads (Li et al., 2021: BN/GN in the heads, GIoU for RetinaNet)."""
     bn = nn.BatchNorm2d
@@ -190,7 +257,7 @@ def _v2_parts(kind: str, spec: DetectorKind, channels: int, num_anchors: int, nu
 
         def head() -> nn.Module:
             module = RetinaNetHead(channels, num_anchors, num_classes, norm_layer=partial(nn.GroupNorm, 32))
-            module.regression_head._loss_type = "giou"
+            set_box_loss(module.regression_head, "giou")
             return module
 
         return {"head": head}
@@ -241,45 +308,14 @@ def build_detector(
         labels out of range, missing masks).
     """
     spec = get_kind(kind)
-    _check_num_classes(kind, spec, num_classes)
-    if version not in VERSIONS:
-        raise ValueError(f"version must be one of {', '.join(map(repr, VERSIONS))}; got {version!r}")
-    accepted = accepted_options(kind)
-    unknown = sorted(set(kwargs) - set(accepted))
-    if unknown:
-        raise ValueError(
-            f"unknown option(s) {', '.join(unknown)} for {kind} ({spec.cls.__name__}); accepted: "
-            f"{', '.join(accepted)}, plus backbone_options, version, anchor_sizes, aspect_ratios"
-        )
-    if version == "v2":
-        _v2_parts(kind, spec, 0, 0, 0)  # fail before building anything if there is no v2 recipe
-
+    _check_build_options(kind, spec, num_classes, version, kwargs)
     pyramid = _resolve_backbone(backbone, kind, spec, version, backbone_options)
     levels = list(pyramid.feature_info)
-    roi_levels = [level.name for level in levels if level.name in getattr(pyramid, "trunk_levels", [level.name])]
-
-    anchor_option = spec.anchor_option
-    if kwargs.get(anchor_option) is not None:
-        if anchor_sizes is not None or aspect_ratios is not None:
-            raise ValueError(f"give either {anchor_option} or anchor_sizes/aspect_ratios, not both")
-        check_anchor_generator(kwargs[anchor_option], levels, option=anchor_option, anchors_per_location=spec.anchors_per_location)
-    else:
-        kwargs[anchor_option] = make_anchor_generator(
-            levels,
-            sizes=anchor_sizes if anchor_sizes is not None else default_anchor_sizes(levels, spec.size_per_stride, spec.scales_per_octave),
-            aspect_ratios=aspect_ratios if aspect_ratios is not None else spec.aspect_ratios,
-            anchors_per_location=spec.anchors_per_location,
-        )
-    for option, output_size in spec.roi_pools:
-        if kwargs.get(option) is not None:
-            check_roi_pool(kwargs[option], levels, option=option)
-        else:
-            kwargs[option] = make_roi_pool(roi_levels, output_size)
+    anchors = kwargs.get(spec.anchor_option)
+    kwargs[spec.anchor_option] = _anchor_generator(spec, levels, anchors, anchor_sizes, aspect_ratios)
+    kwargs.update(_roi_pools(spec, pyramid, kwargs))
     if version == "v2":
-        num_anchors = kwargs[anchor_option].num_anchors_per_location()[0]
-        for option, make in _v2_parts(kind, spec, pyramid.out_channels, num_anchors, num_classes).items():
-            if kwargs.get(option) is None:
-                kwargs[option] = make()
+        kwargs.update(_v2_defaults(kind, spec, pyramid, kwargs, num_classes))
 
     custom_predictors = bool(spec.predictors) and all(kwargs.get(p) is not None for p in spec.predictors)
     model = spec.cls(pyramid, num_classes=None if custom_predictors else num_classes, **kwargs)

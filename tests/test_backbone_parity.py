@@ -10,7 +10,6 @@ import torchvision
 from torchvision.models.feature_extraction import create_feature_extractor
 
 from backbones import TAPS, create_backbone, get_variant, list_backbones, load_weights
-
 from tests.helpers import assert_close_rel, randomize_norms_
 
 #: Published parameter counts, ImageNet classifier included (torchvision / timm model cards).

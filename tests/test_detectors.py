@@ -8,8 +8,8 @@ import re
 import pytest
 import torch
 from torch import nn
-from torchvision.models import resnet18
 from torchvision.models import detection as tvd
+from torchvision.models import resnet18
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.retinanet import _default_anchorgen as retinanet_anchors
 from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
+import heads
 from backbones import TAPS, FusedConv2d, create_backbone, create_fpn_backbone, fold_batch_norms, optimize_for_inference
 from backbones.blocks import ResidualBlock
 from heads import build_detector, build_segmenter
@@ -17,9 +18,9 @@ from tests.helpers import assert_close_rel, randomize_norms_
 FOLDABLE = (nn.BatchNorm2d, FrozenBatchNorm2d)
 
 
-def _optimized_pair(model: nn.Module) -> tuple[nn.Module, nn.Module]:
+def _optimized_pair(model: nn.Module, optimize=optimize_for_inference) -> tuple[nn.Module, nn.Module]:
     model = randomize_norms_(model).eval()
-    return model, optimize_for_inference(copy.deepcopy(model))
+    return model, optimize(copy.deepcopy(model))
 
 
 @pytest.mark.parametrize(
@@ -80,7 +81,7 @@ def test_detector_same_detections():
         "faster_rcnn", backbone="resnet18", num_classes=5, min_size=160, max_size=160,
         backbone_options={"norm": "FrozenBN"}, box_score_thresh=0.0,
     )
-    ref, fast = _optimized_pair(detector)
+    ref, fast = _optimized_pair(detector, heads.optimize_for_inference)
     images = [torch.rand(3, 160, 128), torch.rand(3, 144, 160)]
     with torch.inference_mode():
         expected, got = ref(images), fast(images)
@@ -95,7 +96,7 @@ def test_detector_same_detections():
 def test_gather_roi_align_matches_torchvision(sampling_ratio: int, aligned: bool):
     from torchvision.ops import roi_align
 
-    from backbones.inference import roi_align_gather
+    from heads.inference import roi_align_gather
 
     features = torch.randn(2, 16, 20, 24).contiguous(memory_format=torch.channels_last)
     corner = torch.rand(40, 2) * 120 - 10
@@ -111,11 +112,11 @@ def test_gather_roi_align_matches_torchvision(sampling_ratio: int, aligned: bool
 def test_multiscale_pooler_swapped_and_equal():
     from torchvision.ops import MultiScaleRoIAlign
 
-    from backbones.inference import GatherMultiScaleRoIAlign
+    from heads.inference import GatherMultiScaleRoIAlign
 
     pool = MultiScaleRoIAlign(["p2", "p3", "p4"], 7, 2)
     holder = nn.ModuleDict({"pool": pool})
-    optimize_for_inference(holder)
+    heads.optimize_for_inference(holder)
     assert isinstance(holder["pool"], GatherMultiScaleRoIAlign)
     feats = {f"p{i}": torch.randn(2, 8, 128 // 2**i, 96 // 2**i) for i in (2, 3, 4)}
     corner = torch.rand(2, 30, 2) * 60
@@ -130,7 +131,7 @@ def test_gather_pooler_trains_like_torchvision():
     bf16 autocast it samples in float32 (as torchvision's autocast rule) and returns bf16."""
     from torchvision.ops import MultiScaleRoIAlign
 
-    from backbones.inference import GatherMultiScaleRoIAlign, use_gather_roi_align
+    from heads.inference import GatherMultiScaleRoIAlign, use_gather_roi_align
 
     pool = MultiScaleRoIAlign(["p2", "p3", "p4"], 7, 2)
     holder = nn.ModuleDict({"pool": MultiScaleRoIAlign(["p2", "p3", "p4"], 7, 2)})
@@ -213,6 +214,22 @@ def test_bad_input():
         optimize_for_inference(create_backbone("resnet18", out_features=("c2",)), fold=False)
     plain = optimize_for_inference(create_backbone("resnet18", out_features=("c2",)), fold=False, fuse=False)
     assert isinstance(plain.bn1, nn.BatchNorm2d) and not plain.training
+
+
+def test_detectors_go_through_heads():
+    """``backbones.optimize_for_inference`` cannot speed up a detector's RoI-align (that lives in
+    ``heads``, which backbones does not import): it refuses detectors and names the entry point."""
+    from torchvision.ops import MultiScaleRoIAlign
+
+    detector = build_detector("retinanet", backbone="resnet18", num_classes=3)
+    with pytest.raises(TypeError, match=r"heads\.optimize_for_inference"):
+        optimize_for_inference(detector)
+    with pytest.raises(TypeError, match=r"heads\.optimize_for_inference"):
+        optimize_for_inference(nn.ModuleDict({"pool": MultiScaleRoIAlign(["p2"], 7, 2)}))
+    with pytest.raises(ValueError, match="fuse=True needs fold=True"):
+        heads.optimize_for_inference(detector, fold=False)
+    plain = heads.optimize_for_inference(detector, fold=False, fuse=False, fast_roi_align=False)
+    assert isinstance(plain.backbone.body.bn1, nn.BatchNorm2d) and not plain.training
 
 
 def test_unrequested_stages_cost_nothing():

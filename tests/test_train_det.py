@@ -107,7 +107,7 @@ def test_time_horizon_run_stops_at_the_time_limit_fully_decayed(shapes_root: Pat
 def test_cpu_speedups_take_effect_and_train_alike(shapes_root: Path, tmp_path: Path) -> None:
     """``train.channels_last`` and ``train.fast_roi_align`` change the model that trains (layout,
     RoI pooler), not what it computes: the same losses up to float rounding."""
-    from backbones.inference import GatherMultiScaleRoIAlign
+    from heads.inference import GatherMultiScaleRoIAlign
 
     losses = {}
     for on in (True, False):

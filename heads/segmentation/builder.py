@@ -39,6 +39,65 @@ def _trunk_taps(trunk: nn.Module) -> dict[str, Any]:
         raise TypeError(f"backbone.feature_info must list (name, channels, stride) entries; got {info!r}") from err
 
 
+def _check_segmenter_options(
+    kind: str, output_stride: Any, num_classes: Any, aspp_channels: Any, low_level_channels: Any, aux: Any
+) -> None:
+    if kind not in SEGMENTER_KINDS:
+        raise ValueError(f"kind must be one of {', '.join(map(repr, SEGMENTER_KINDS))}; got {kind!r}")
+    if output_stride not in SEGMENTER_OUTPUT_STRIDES:
+        raise ValueError(f"output_stride must be 8 or 16 for DeepLab; got {output_stride!r}")
+    _positive_int("num_classes", num_classes)
+    _positive_int("aspp_channels", aspp_channels)
+    _positive_int("low_level_channels", low_level_channels)
+    if not isinstance(aux, bool):
+        raise ValueError(f"aux must be True or False; got {aux!r}")
+
+
+def _resolve_trunk(
+    backbone: str | nn.Module,
+    needed: tuple[str, ...],
+    output_stride: int,
+    weights: str | os.PathLike | Mapping[str, torch.Tensor] | None,
+    options: Mapping[str, Any],
+) -> nn.Module:
+    """The trunk: built from a variant name with the ``needed`` taps, or the given module as it is."""
+    if isinstance(backbone, str):
+        if "out_features" in options:
+            raise ValueError(f"build_segmenter chooses the trunk taps itself ({', '.join(needed)}); drop out_features")
+        return create_backbone(backbone, out_features=needed, output_stride=output_stride, weights=weights, **options)
+    if not isinstance(backbone, nn.Module):
+        raise TypeError(f"backbone must be a variant name or a trunk module; got {type(backbone).__name__}")
+    if options or weights is not None:
+        extra = sorted(options) + (["backbone_weights"] if weights is not None else [])
+        raise ValueError(
+            f"backbone options ({', '.join(extra)}) apply only when backbone is a name; "
+            "pass them to create_backbone when building the trunk yourself"
+        )
+    return backbone
+
+
+def _check_trunk_taps(
+    trunk: nn.Module, kind: str, aux: bool, needed: tuple[str, ...], output_stride: int
+) -> dict[str, Any]:
+    """The trunk's ``{tap: FeatureInfo}``, once it is known to return the ``needed`` taps with c5 at
+    ``output_stride``."""
+    taps = _trunk_taps(trunk)
+    absent = [t for t in needed if t not in taps]
+    if absent:
+        raise ValueError(
+            f"{kind}{' with aux' if aux else ''} needs trunk taps {', '.join(needed)}; the trunk returns "
+            f"{', '.join(taps) or 'none'} (missing {', '.join(absent)}); build it with "
+            f"create_backbone(..., out_features={needed!r})"
+        )
+    if taps["c5"].stride != output_stride:
+        raise ValueError(
+            f"the trunk's c5 has stride {taps['c5'].stride} but output_stride={output_stride}; build it with "
+            f"create_backbone(..., output_stride={output_stride}) or pass output_stride={taps['c5'].stride} "
+            "if that is 8 or 16"
+        )
+    return taps
+
+
 def build_segmenter(
     kind: str,
     *,
@@ -75,54 +134,15 @@ def build_segmenter(
     Returns:
         A :class:`DeepLabV3` or :class:`DeepLabV3Plus` module.
     """
-    if kind not in SEGMENTER_KINDS:
-        raise ValueError(f"kind must be one of {', '.join(map(repr, SEGMENTER_KINDS))}; got {kind!r}")
-    if output_stride not in SEGMENTER_OUTPUT_STRIDES:
-        raise ValueError(f"output_stride must be 8 or 16 for DeepLab; got {output_stride!r}")
-    _positive_int("num_classes", num_classes)
-    _positive_int("aspp_channels", aspp_channels)
-    _positive_int("low_level_channels", low_level_channels)
-    if not isinstance(aux, bool):
-        raise ValueError(f"aux must be True or False; got {aux!r}")
+    _check_segmenter_options(kind, output_stride, num_classes, aspp_channels, low_level_channels, aux)
     rates = default_atrous_rates(output_stride) if atrous_rates is None else tuple(atrous_rates)
-
     cls = SEGMENTER_KINDS[kind]
     needed = tuple(t for t in ("c2", "c4", "c5") if t in cls.head_taps or (aux and t == "c4"))
-    if isinstance(backbone, str):
-        if "out_features" in backbone_options:
-            raise ValueError(f"build_segmenter chooses the trunk taps itself ({', '.join(needed)}); drop out_features")
-        trunk = create_backbone(
-            backbone, out_features=needed, output_stride=output_stride, weights=backbone_weights, **backbone_options
-        )
-    elif isinstance(backbone, nn.Module):
-        if backbone_options or backbone_weights is not None:
-            extra = sorted(backbone_options) + (["backbone_weights"] if backbone_weights is not None else [])
-            raise ValueError(
-                f"backbone options ({', '.join(extra)}) apply only when backbone is a name; "
-                "pass them to create_backbone when building the trunk yourself"
-            )
-        trunk = backbone
-    else:
-        raise TypeError(f"backbone must be a variant name or a trunk module; got {type(backbone).__name__}")
-
-    taps = _trunk_taps(trunk)
-    absent = [t for t in needed if t not in taps]
-    if absent:
-        raise ValueError(
-            f"{kind}{' with aux' if aux else ''} needs trunk taps {', '.join(needed)}; the trunk returns "
-            f"{', '.join(taps) or 'none'} (missing {', '.join(absent)}); build it with "
-            f"create_backbone(..., out_features={needed!r})"
-        )
-    if taps["c5"].stride != output_stride:
-        raise ValueError(
-            f"the trunk's c5 has stride {taps['c5'].stride} but output_stride={output_stride}; build it with "
-            f"create_backbone(..., output_stride={output_stride}) or pass output_stride={taps['c5'].stride} if that is 8 or 16"
-        )
-
-    deep = taps["c5"].channels
+    trunk = _resolve_trunk(backbone, needed, output_stride, backbone_weights, backbone_options)
+    taps = _check_trunk_taps(trunk, kind, aux, needed, output_stride)
     if cls is DeepLabV3Plus:
         classifier: nn.Module = DeepLabV3PlusHead(
-            deep,
+            taps["c5"].channels,
             taps["c2"].channels,
             num_classes,
             rates,
@@ -131,6 +151,6 @@ def build_segmenter(
             dropout=aspp_dropout,
         )
     else:
-        classifier = DeepLabV3Head(deep, num_classes, rates, channels=aspp_channels, dropout=aspp_dropout)
+        classifier = DeepLabV3Head(taps["c5"].channels, num_classes, rates, channels=aspp_channels, dropout=aspp_dropout)
     aux_classifier = FCNHead(taps["c4"].channels, num_classes) if aux else None
     return cls(trunk, classifier, aux_classifier)

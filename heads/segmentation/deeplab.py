@@ -19,13 +19,7 @@ class DeepLabV3Head(nn.Module):
     ``DeepLabHead``, with named parts)."""
 
     def __init__(
-        self,
-        in_channels: int,
-        num_classes: int,
-        atrous_rates: Sequence[int],
-        *,
-        channels: int = 256,
-        dropout: float = 0.5,
+        self, in_channels: int, num_classes: int, atrous_rates: Sequence[int], *, channels: int = 256, dropout: float = 0.5
     ) -> None:
         super().__init__()
         self.aspp = ASPP(in_channels, atrous_rates, channels, dropout)

@@ -255,7 +255,7 @@ class TrainLoopConfig(Section):
     )
     fast_roi_align: bool = Field(
         default=True,
-        description="detectors: RoI-align as a vectorised gather on CPU (backbones.use_gather_roi_align; "
+        description="detectors: RoI-align as a vectorised gather on CPU (heads.use_gather_roi_align; "
         "same values up to float rounding; the CPU det demo step 0.46 -> 0.30 s); false keeps torchvision's kernel",
     )
     tensorboard: bool = Field(

@@ -18,7 +18,7 @@ from backbones_tools.engine.data import build_eval_loader, prepare_data_root
 from backbones_tools.engine.preflight import run_preflight_once
 from backbones_tools.engine.tasks import make_task
 
-from backbones import optimize_for_inference
+from heads import optimize_for_inference
 
 logger = logging.getLogger(__name__)
 

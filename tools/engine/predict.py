@@ -2,7 +2,7 @@
 
 The checkpoint's model is rebuilt as :mod:`backbones_tools.engine.evaluate` rebuilds it (its saved config,
 or ``--config``, plus ``--set`` overrides; its category map; its weights), made fast with
-:func:`backbones.optimize_for_inference` and run batched over the images:
+:func:`heads.optimize_for_inference` and run batched over the images:
 
 * detection: a COCO results JSON (``predictions.json``; ``predictions_segm.json`` too for Mask
   R-CNN) with the checkpoint's category ids and every detection the model returns, image ids from
@@ -124,7 +124,7 @@ def load_predictor(
     from backbones_tools.engine.checkpoint import CheckpointError, load_checkpoint
     from backbones_tools.engine.tasks import _check_num_classes, make_task
 
-    from backbones import optimize_for_inference
+    from heads import optimize_for_inference
 
     if device == "cuda" and not torch.cuda.is_available():
         from backbones_tools.config.loader import ConfigError

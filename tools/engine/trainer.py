@@ -54,8 +54,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from backbones import optimize_for_inference
-from backbones.inference import use_gather_roi_align
+from heads import optimize_for_inference, use_gather_roi_align
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,87 @@
+"""Every private torch / torchvision API that ``backbones`` relies on, each behind one function.
+
+Private APIs can change in any release. Keeping each in one place, with a fallback that works with
+public APIs only (slower, or less general), means an upgrade that breaks one degrades that one
+feature instead of the package; ``tests/test_compat.py`` checks that each still exists and still
+behaves as relied on here, and names the API and the installed versions when it does not.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+
+
+def _find_onednn_pointwise():
+    try:  # oneDNN convolution with bias, residual add and activation as post-ops (CPU builds)
+        op = torch.ops.mkldnn._convolution_pointwise
+        return op if hasattr(op, "default") and hasattr(op, "binary") else None
+    except (AttributeError, RuntimeError):
+        return None
+
+
+_ONEDNN_POINTWISE = _find_onednn_pointwise()
+
+
+def has_onednn_pointwise() -> bool:
+    """Whether :func:`onednn_conv_pointwise` can run (torch built with oneDNN and the op present)."""
+    return _ONEDNN_POINTWISE is not None and torch.backends.mkldnn.is_available()
+
+
+def onednn_conv_pointwise(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    *,
+    padding: Sequence[int],
+    stride: Sequence[int],
+    dilation: Sequence[int],
+    groups: int,
+    relu: bool,
+    residual: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``act(conv2d(x) + bias [+ residual])`` as one oneDNN primitive
+    (``torch.ops.mkldnn._convolution_pointwise``; fp32 CPU tensors, zero padding, no autograd).
+    Callers check :func:`has_onednn_pointwise` first and otherwise use ``F.conv2d``."""
+    args = (weight, bias, list(padding), list(stride), list(dilation), groups)
+    if residual is None:
+        return _ONEDNN_POINTWISE(x, *args, "relu" if relu else "none", [], "")
+    # after a binary post-op "no activation" is None; "none" is refused
+    return _ONEDNN_POINTWISE.binary(x, residual, *args, "add", None, "relu" if relu else None, [], "")
+
+
+_PUBLIC_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+#: Base class of the norms that keep running statistics updated in training mode (BN, SyncBN,
+#: their lazy forms); the public classes if torch stops exposing it.
+BATCH_NORM_TYPES: type | tuple[type, ...] = getattr(nn.modules.batchnorm, "_BatchNorm", _PUBLIC_BATCH_NORMS)
+
+
+def named_child_slots(module: nn.Module) -> list[tuple[str, nn.Module | None]]:
+    """``(name, child)`` of every child slot of ``module`` in registration order, ``None`` slots and
+    a module registered under two names included (``module._modules``; ``named_children`` skips
+    both, which would pair the wrong neighbours in a ``Sequential``)."""
+    slots = getattr(module, "_modules", None)
+    if isinstance(slots, dict):
+        return list(slots.items())
+    return list(module.named_children())
+
+
+def set_p6p7_source(block: LastLevelP6P7, *, from_p5: bool) -> None:
+    """Make torchvision's ``LastLevelP6P7`` compute P6 from P5 (``from_p5``) or from C5.
+
+    torchvision decides with its ``use_P5`` attribute, set to ``in_channels == out_channels``; a C5
+    with as many channels as the pyramid would be mistaken for P5. Without the attribute the
+    source cannot be chosen, so a request that differs from torchvision's own choice is an error.
+    """
+    if hasattr(block, "use_P5"):
+        block.use_P5 = from_p5
+        return
+    default = block.p6.in_channels == block.p7.in_channels
+    if from_p5 != default:
+        raise RuntimeError(
+            "this torchvision's LastLevelP6P7 has no use_P5 attribute: P6 cannot be taken from "
+            f"{'P5' if from_p5 else 'C5'} when C5 has {'other than' if from_p5 else 'as many'} channels as the pyramid"
+        )

@@ -1,0 +1,157 @@
+"""Detector inference (and CPU training) speed-ups on top of ``backbones.inference``.
+
+``optimize_for_inference(model)`` is ``backbones.optimize_for_inference`` for every model this
+package builds, detectors included: besides folding the norms, fusing the activations and
+switching to channels-last, it runs the RoI-align of the detectors' ``MultiScaleRoIAlign``
+poolers as a gather over the channels-last feature maps (:class:`GatherMultiScaleRoIAlign`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import MultiScaleRoIAlign
+
+from backbones.compat import named_child_slots
+from backbones.inference import optimize_layers
+
+from .compat import setup_scales
+
+__all__ = ["GatherMultiScaleRoIAlign", "optimize_for_inference", "roi_align_gather", "use_gather_roi_align"]
+
+
+def _roi_axis(
+    start: torch.Tensor, bin_size: torch.Tensor, pooled: int, grid: int, size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bilinear taps along one axis for every RoI: indices and weights of shape (K, pooled, grid, 2),
+    with torchvision's sample positions and border rules (outside [-1, size]: weight 0)."""
+    dtype, device = start.dtype, start.device
+    cell = torch.arange(pooled, device=device, dtype=dtype).repeat_interleave(grid)
+    sub = (torch.arange(grid, device=device, dtype=dtype) + 0.5).repeat(pooled)
+    pos = start[:, None] + cell[None] * bin_size[:, None] + sub[None] * (bin_size[:, None] / grid)
+    valid = (pos >= -1.0) & (pos <= size)
+    pos = pos.clamp(min=0.0)
+    low = pos.floor().long()
+    edge = low >= size - 1
+    low = low.clamp(max=size - 1)
+    high = torch.where(edge, low, low + 1)
+    frac = torch.where(edge, torch.zeros_like(pos), pos - low.to(dtype))
+    weights = torch.stack([1.0 - frac, frac], -1) * valid[..., None]
+    return torch.stack([low, high], -1).view(-1, pooled, grid, 2), weights.view(-1, pooled, grid, 2)
+
+
+def roi_align_gather(
+    features: torch.Tensor, rois: torch.Tensor, output_size: tuple[int, int], spatial_scale: float,
+    sampling_ratio: int, aligned: bool = False,
+) -> torch.Tensor:
+    """``torchvision.ops.roi_align`` for a fixed ``sampling_ratio > 0``, computed as one weighted
+    gather over the channels-last feature map (``F.embedding_bag``, multi-threaded and vectorised
+    over channels); returns ``(K, C, *output_size)`` in channels-last layout. The CPU kernel of
+    torchvision loops over channels with strided reads; this is an order of magnitude faster.
+
+    Differentiable in ``features``: the backward is the matching scatter-add (the CPU detection
+    demo's training step takes 0.30 s with it, 0.46 s with torchvision's backward). Sample
+    positions, weights and sums are float32 even for bf16/fp16 features (as torchvision's autocast
+    rule for ``roi_align``); the result has ``features``' dtype.
+    """
+    n, c, h, w = features.shape
+    ph, pw = output_size
+    k, grid = rois.shape[0], sampling_ratio
+    offset = 0.5 if aligned else 0.0
+    compute = torch.promote_types(features.dtype, torch.float32)
+    boxes = rois[:, 1:5].to(compute) * spatial_scale - offset
+    x1, y1, x2, y2 = boxes.unbind(1)
+    width, height = x2 - x1, y2 - y1
+    if not aligned:
+        width, height = width.clamp(min=1.0), height.clamp(min=1.0)
+    yi, yw = _roi_axis(y1, height / ph, ph, grid, h)
+    xi, xw = _roi_axis(x1, width / pw, pw, grid, w)
+    base = rois[:, 0].long() * (h * w)
+    # taps indexed (K, ph, pw, grid_y, grid_x, tap_y, tap_x)
+    index = base.view(k, 1, 1, 1, 1, 1, 1) + yi.view(k, ph, 1, grid, 1, 2, 1) * w + xi.view(k, 1, pw, 1, grid, 1, 2)
+    weight = yw.view(k, ph, 1, grid, 1, 2, 1) * xw.view(k, 1, pw, 1, grid, 1, 2) / (grid * grid)
+    table = features.permute(0, 2, 3, 1).reshape(n * h * w, c).to(compute)  # a view when channels-last fp32
+    taps = grid * grid * 4
+    out = F.embedding_bag(index.reshape(-1, taps), table, per_sample_weights=weight.reshape(-1, taps), mode="sum")
+    return out.view(k, ph, pw, c).permute(0, 3, 1, 2).to(features.dtype)
+
+
+class GatherMultiScaleRoIAlign(MultiScaleRoIAlign):
+    """``MultiScaleRoIAlign`` whose per-level RoI-align runs :func:`roi_align_gather` on the CPU,
+    in inference and in training (same outputs and gradients up to float rounding); elsewhere
+    (CUDA, TorchScript, ``torch.compile``) it is torchvision's."""
+
+    @classmethod
+    def from_pool(cls, pool: MultiScaleRoIAlign) -> "GatherMultiScaleRoIAlign":
+        """The same pooler (levels, output size, sampling ratio, canonical scale and level)."""
+        new = cls(
+            pool.featmap_names, pool.output_size, pool.sampling_ratio,
+            canonical_scale=pool.canonical_scale, canonical_level=pool.canonical_level,
+        )
+        new.scales, new.map_levels = pool.scales, pool.map_levels
+        return new
+
+    def forward(  # type: ignore[override]
+        self, x: dict[str, torch.Tensor], boxes: list[torch.Tensor], image_shapes: list[tuple[int, int]]
+    ) -> torch.Tensor:
+        levels = [v for k, v in x.items() if k in self.featmap_names]
+        fast = (
+            self.sampling_ratio > 0
+            and not torch.compiler.is_compiling()
+            and not torch.jit.is_scripting()
+            and all(f.device.type == "cpu" for f in levels)
+        )
+        if not fast:
+            return super().forward(x, boxes, image_shapes)
+        if self.scales is None or self.map_levels is None:
+            self.scales, self.map_levels = setup_scales(self, levels, image_shapes)
+        rois = torch.cat([torch.cat([torch.full_like(b[:, :1], i), b], dim=1) for i, b in enumerate(boxes)], dim=0)
+        output_size = tuple(self.output_size)
+        if len(levels) == 1:
+            return roi_align_gather(levels[0], rois, output_size, self.scales[0], self.sampling_ratio)
+        which = self.map_levels(boxes)
+        first = levels[0]
+        result = first.new_zeros((rois.shape[0], *output_size, first.shape[1]))  # (K, ph, pw, C)
+        for level, (feature, scale) in enumerate(zip(levels, self.scales)):
+            index = torch.where(which == level)[0]
+            if index.numel():
+                pooled = roi_align_gather(feature, rois[index], output_size, scale, self.sampling_ratio)
+                result[index] = pooled.permute(0, 2, 3, 1).to(result.dtype)
+        return result.permute(0, 3, 1, 2)
+
+
+def use_gather_roi_align(model: nn.Module) -> int:
+    """Swap every ``MultiScaleRoIAlign`` (fixed sampling ratio) in ``model`` for a
+    :class:`GatherMultiScaleRoIAlign` in place; returns how many were swapped. Used by
+    :func:`optimize_for_inference`, and by the training tools to speed up CPU training."""
+    replaced = 0
+    for module in list(model.modules()):
+        for name, child in named_child_slots(module):
+            if type(child) is MultiScaleRoIAlign and child.sampling_ratio > 0:
+                setattr(module, name, GatherMultiScaleRoIAlign.from_pool(child))
+                replaced += 1
+    return replaced
+
+
+def optimize_for_inference(
+    model: nn.Module, *, channels_last: bool = True, fold: bool = True, fuse: bool = True, inplace: bool = True,
+    fast_roi_align: bool = True,
+) -> nn.Module:
+    """Make any model of this package fast for inference, detectors included, and return it
+    (``model`` itself, or with ``inplace=False`` an optimized deep copy, e.g. to evaluate during
+    training and keep training the original).
+
+    Runs ``backbones.optimize_for_inference``'s steps (eval mode and no gradients; ``fold``: batch
+    norms folded into the convs; ``fuse``: ReLUs and residual adds fused into them;
+    ``channels_last``: channels-last weights; see ``backbones.inference``) on the whole model, and
+    with ``fast_roi_align`` swaps the detectors' ``MultiScaleRoIAlign`` poolers for
+    :class:`GatherMultiScaleRoIAlign`. Outputs stay the same up to float rounding.
+
+    The result is for inference only, and its ``state_dict`` has lost the ``bn*`` keys and gained
+    ``conv*.bias``: load checkpoints before calling this.
+    """
+    model = optimize_layers(model, channels_last=channels_last, fold=fold, fuse=fuse, inplace=inplace)
+    if fast_roi_align:
+        use_gather_roi_align(model)
+    return model
