@@ -142,9 +142,24 @@ class Trainer:
         self.output_dir = Path(output_dir)
         self.resume = resume
         self.ctx = ctx or D.init_distributed(cfg.train.device)
-        t = cfg.train
+        self._set_up_runtime()
+        train_ds = self._build_datasets()
+        self._build_model()
+        self._build_loaders_and_optimizer(train_ds)
+        self.epoch = 0
+        self.iter_in_epoch = 0
+        self.global_iter = 0
+        self.best: dict[str, Any] = {"metric": cfg.best_metric, "value": None, "epoch": None}
+        self.last_metrics: dict[str, float] = {}
+        self._open_run_folder()
+        if resume:
+            self._resume(Path(resume) if isinstance(resume, str) else self.output_dir / LAST)
+
+    def _set_up_runtime(self) -> None:
+        """Threads, determinism, precision and seed; a missing tensorboard stops here, before any work."""
+        t = self.cfg.train
         if t.tensorboard:
-            summary_writer_class()  # a missing tensorboard package stops the run before any work
+            summary_writer_class()
         if t.num_threads:
             torch.set_num_threads(t.num_threads)
         if t.deterministic:
@@ -155,6 +170,9 @@ class Trainer:
             logger.info(self.precision.describe())
         seed_everything(t.seed)
 
+    def _build_datasets(self) -> Any:
+        """The task, the preflight check of both splits, and the datasets; returns the raw train set."""
+        cfg = self.cfg
         root = prepare_data_root(cfg.data, self.ctx, (cfg.data.train_split, cfg.data.val_split))
         self.task: Task = make_task(cfg, root)
         splits = {"train": cfg.data.train_split, "val": cfg.data.val_split}
@@ -162,8 +180,12 @@ class Trainer:
         self.task.exclusions = self.preflight.exclusions
         train_ds, self.val_ds = self.task.build_datasets()
         self.num_classes = _check_num_classes(cfg, self.task.category_map)
-        self.train_ds = SeededAugmentation(train_ds, t.seed)
+        self.train_ds = SeededAugmentation(train_ds, cfg.train.seed)
+        return train_ds
 
+    def _build_model(self) -> None:
+        """The model with its initial weights, on its device and layout, wrapped in DDP if distributed."""
+        cfg, t = self.cfg, self.cfg.train
         bb = cfg.model.backbone
         if bb.norm == "FrozenBN" and not bb.weights and not cfg.model.weights and self.ctx.is_main:
             logger.warning("model.backbone.norm is FrozenBN but no weights are given: the trunk's "
@@ -189,6 +211,9 @@ class Trainer:
             model = DistributedDataParallel(model, device_ids=ids)
         self.model = model
 
+    def _build_loaders_and_optimizer(self, train_ds: Any) -> None:
+        """Loaders, the iteration budget, optimizer, schedule and (fp16 on CUDA) the grad scaler."""
+        cfg, t = self.cfg, self.cfg.train
         self.train_loader, self.batch_sampler = build_train_loader(
             self.train_ds, cfg.data, self.ctx, self.task.collate, t.seed,
             self.task.aspect_ratios(train_ds) if cfg.data.aspect_ratio_grouping else None,
@@ -207,20 +232,16 @@ class Trainer:
         use_scaler = self.precision.amp == "fp16" and self.ctx.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
 
-        self.epoch = 0
-        self.iter_in_epoch = 0
-        self.global_iter = 0
-        self.best: dict[str, Any] = {"metric": cfg.best_metric, "value": None, "epoch": None}
-        self.last_metrics: dict[str, float] = {}
+    def _open_run_folder(self) -> None:
+        """The metrics writer (rank 0 writes), the resolved config and the category map."""
+        t = self.cfg.train
         mirror = TensorBoardMirror(self.output_dir / TENSORBOARD_DIR) if t.tensorboard and self.ctx.is_main else None
         self.metrics = JsonlWriter(self.output_dir / METRICS_NAME if self.ctx.is_main else None, mirror)
         if self.ctx.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(self.output_dir / CONFIG_NAME, config_to_yaml(cfg))
+            atomic_write_text(self.output_dir / CONFIG_NAME, config_to_yaml(self.cfg))
             atomic_write_text(self.output_dir / "category_map.json",
                               json.dumps(self.task.category_map.to_dict(), indent=1))
-        if resume:
-            self._resume(Path(resume) if isinstance(resume, str) else self.output_dir / LAST)
 
     def _time_progress(self) -> float:
         """Spent fraction of ``train.time_limit_s`` (the same on every rank: rank 0's clock)."""
