@@ -49,6 +49,18 @@ def _config(**overrides) -> dict:
         ({"models": [{"model": "resnet50", "peers": [{"source": "timm", "name": "resnet5"}]}]}, r"unknown timm model"),
         ({"mdoels": []}, r"unknown key 'mdoels'"),
         ({"device": "gpu"}, r"device"),
+        # peers: an unknown runtime or source, by name or in full, is named with a suggestion
+        ({"models": [{"model": "resnet50", "peers": ["onnxrutime"]}]},
+         (r"models\.0\.peers\.0: unknown peer 'onnxrutime'; did you mean onnxruntime\? "
+          r"\(peers: torchvision, timm, onnxruntime, openvino\)")),
+        ({"models": [{"model": "resnet50", "peers": [{"source": "openvion"}]}]},
+         r"unknown peer 'openvion'; did you mean openvino"),
+        ({"models": [{"model": "resnet50", "peers": [{"source": "tensorrt"}]}]}, r"unknown peer 'tensorrt' \(peers: "),
+        ({"models": [{"model": "resnet50", "peers": [{"source": "onnxruntime", "name": "resnet50"}]}]},
+         r"onnxruntime peer runs our model exported to ONNX; it takes no 'name'"),
+        ({"models": [{"model": "resnet50", "peers": [{"source": "torchvision"}]}]}, r"torchvision peer needs 'name'"),
+        ({"models": [{"model": "resnet50", "mode": "training"}]}, r"models\.0\.mode: .*'inference' or 'train_step'"),
+        ({"dtype": "bfloat16", "models": [{"model": "resnet18", "amp": "bf16"}]}, r"amp bf16 autocasts a float32 model"),
     ],
 )
 def test_bad_config_is_a_clear_error(overrides: dict, message: str):
@@ -58,12 +70,23 @@ def test_bad_config_is_a_clear_error(overrides: dict, message: str):
 
 def test_shipped_configs_load():
     names = {p.stem for p in (REPO / "configs" / "bench").glob("*.yaml")}
-    assert {"backbones_cpu", "detectors_cpu", "backbones_gpu", "detectors_gpu"} <= names
-    for name in ("backbones_cpu", "detectors_cpu", "backbones_gpu", "detectors_gpu"):
+    shipped = ("backbones_cpu", "detectors_cpu", "backbones_gpu", "detectors_gpu", "train_step_cpu")
+    assert set(shipped) <= names
+    for name in shipped:
         config = load_bench_config(REPO / "configs" / "bench" / f"{name}.yaml")
         assert expand_rows(config)
     cpu = load_bench_config(REPO / "configs" / "bench" / "backbones_cpu.yaml", ["repeats=3"])
     assert cpu.repeats == 3 and cpu.batch_sizes == [8] and cpu.input_sizes == [224]
+    runtimes = {spec.model: [p.source for p in spec.peers if p.is_runtime] for spec in cpu.models}
+    for model in ("resnet50", "resnext50_32x4d", "res2net50_26w_4s"):
+        assert runtimes[model] == ["onnxruntime", "openvino"], model
+    detectors = load_bench_config(REPO / "configs" / "bench" / "detectors_cpu.yaml")
+    assert [p.label for p in detectors.models[0].peers][1:] == ["onnxruntime", "openvino"]
+    train = load_bench_config(REPO / "configs" / "bench" / "train_step_cpu.yaml")
+    assert [(s.name, train.mode_of(s), train.amp_of(s), s.peers[0].name, s.peers[0].share_weights) for s in train.models] == [
+        ("faster_rcnn_resnet50", "train_step", "none", "fasterrcnn_resnet50_fpn", True),
+        ("deeplabv3_resnet50", "train_step", "none", "deeplabv3_resnet50", True),
+    ]
 
 
 def test_summary_statistics():
@@ -114,9 +137,10 @@ def test_train_step_in_process():
     config = BenchConfig.model_validate(_config(mode="train_step", isolate=False, models=[
         {"model": "resnet18", "options": {"out_features": ["c3"]}},
         {"model": "fcos", "type": "detector", "backbone": "resnet18", "options": {"min_size": 64, "max_size": 64}},
+        {"model": "deeplabv3", "type": "segmenter", "backbone": "resnet18", "options": {"aux": True}},
     ]))
     records = run_benchmark(config, progress=False)
-    assert [r["status"] for r in records] == ["ok", "ok"], [r["error"] for r in records]
+    assert [r["status"] for r in records] == ["ok", "ok", "ok"], [r["error"] for r in records]
     assert all(r["mode"] == "train_step" and not r["optimized"] and r["throughput"] > 0 for r in records)
     assert "| train_step |" in markdown_table(records)
 

@@ -1,8 +1,19 @@
 """Benchmark config: pydantic schema and loading (``_base_`` and ``--set`` via ``backbones_tools.config``).
 
 A config lists models (trunks, FPN backbones, detectors, segmenters) with their options and
-optional reference peers from torchvision or timm, plus the grid of input sizes and batch sizes
-and how to measure (mode, dtype, memory format, device, warm-up, repeats).
+optional peers, plus the grid of input sizes and batch sizes and how to measure (mode, dtype,
+memory format, device, warm-up, repeats). A peer is a reference implementation of the same
+architecture (torchvision, timm) or a runtime that runs our model exported to ONNX with the same
+weights (ONNX Runtime, OpenVINO)::
+
+    peers:
+      - {source: torchvision, name: resnet50, share_weights: true}
+      - {source: timm, name: resnet50}
+      - onnxruntime                                      # = {source: onnxruntime}
+      - {source: openvino, kwargs: {ENABLE_CPU_PINNING: false}}
+
+A model's ``mode: train_step`` makes its rows training steps (forward, loss, backward, SGD update
+as the training tool does them) whatever the config's ``mode``.
 """
 
 from __future__ import annotations
@@ -25,24 +36,67 @@ def _close(name: str, known: Iterable[str]) -> str:
     return f"; did you mean {', '.join(close)}?" if close else ""
 
 
-class PeerSpec(_Section):
-    """A reference implementation of the same architecture, measured side by side."""
+#: Peers that are reference implementations (``name`` is their model name).
+MODEL_SOURCES = ("torchvision", "timm")
+#: Peers that run our model exported to ONNX, same weights (no ``name``).
+RUNTIME_SOURCES = ("onnxruntime", "openvino")
+PEER_SOURCES = MODEL_SOURCES + RUNTIME_SOURCES
 
-    source: Literal["torchvision", "timm"]
-    name: str = Field(description="torchvision builder (resnet50, fasterrcnn_resnet50_fpn, ...) or timm model name")
+
+class PeerSpec(_Section):
+    """A reference implementation of the same architecture, or a runtime running our model, measured
+    side by side (in turns) with it."""
+
+    source: Literal["torchvision", "timm", "onnxruntime", "openvino"]
+    name: str | None = Field(
+        default=None,
+        description="torchvision builder (resnet50, fasterrcnn_resnet50_fpn, ...) or timm model name; "
+        "none for onnxruntime/openvino (they run our model exported to ONNX)",
+    )
     memory_format: Literal["contiguous", "channels_last"] = "channels_last"
-    kwargs: dict[str, Any] = Field(default_factory=dict, description="extra builder arguments")
+    kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="torchvision/timm: extra builder arguments; onnxruntime: session config entries "
+        "(add_session_config_entry); openvino: compile properties (on top of the defaults)",
+    )
     share_weights: bool = Field(
-        default=False, description="load the peer's random weights into our model (same outputs, same post-processing load)"
+        default=False, description="load the peer's random weights into our model (same outputs, same post-processing load); "
+        "runtimes always run our weights"
     )
 
     @property
+    def is_runtime(self) -> bool:
+        return self.source in RUNTIME_SOURCES
+
+    @property
     def label(self) -> str:
+        if self.is_runtime:
+            return self.source
         suffix = ", channels_last" if self.memory_format == "channels_last" else ""
         return f"{self.source}:{self.name}{suffix}"
 
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        """``onnxruntime`` / ``openvino`` alone name a runtime peer; an unknown source gets a
+        did-you-mean."""
+        if isinstance(data, str):
+            data = {"source": data}
+        if isinstance(data, dict) and "source" in data and data["source"] not in PEER_SOURCES:
+            source = data["source"]
+            raise ValueError(f"unknown peer {source!r}{_close(source, PEER_SOURCES)} "
+                             f"(peers: {', '.join(PEER_SOURCES)})")
+        return data
+
     @model_validator(mode="after")
     def _known(self) -> "PeerSpec":
+        if self.is_runtime:
+            if self.name is not None:
+                raise ValueError(f"a {self.source} peer runs our model exported to ONNX; it takes no 'name' "
+                                 f"(got {self.name!r})")
+            return self
+        if not self.name:
+            raise ValueError(f"a {self.source} peer needs 'name' (the {self.source} model to build)")
         if self.source == "torchvision":
             import torchvision.models as tvm
 
@@ -66,10 +120,19 @@ class ModelSpec(_Section):
     backbone: str | None = Field(default=None, description="trunk variant of a detector or segmenter")
     label: str | None = Field(default=None, description="row name in the reports (default: derived)")
     options: dict[str, Any] = Field(default_factory=dict, description="builder keyword arguments")
-    optimize: bool = Field(default=True, description="apply backbones.optimize_for_inference (inference mode only)")
+    optimize: bool = Field(
+        default=True, description="inference: apply optimize_for_inference (heads' for detectors and segmenters); "
+        "train_step: the training tool's CPU speed-up (train.fast_roi_align: detectors' RoI-align as a gather)"
+    )
     compile: bool = Field(default=False, description="torch.compile the model (after optimizing)")
     memory_format: Literal["contiguous", "channels_last"] | None = Field(
         default=None, description="override the config's memory_format for this model"
+    )
+    mode: Literal["inference", "train_step"] | None = Field(
+        default=None, description="override the config's mode for this model's rows"
+    )
+    amp: Literal["none", "bf16", "fp16"] | None = Field(
+        default=None, description="override the config's amp for this model's rows (train_step)"
     )
     peers: list[PeerSpec] = Field(default_factory=list)
     input_sizes: list[int] | None = Field(default=None, description="override the config's input_sizes")
@@ -120,6 +183,10 @@ class BenchConfig(_Section):
     batch_sizes: list[int] = Field(default_factory=lambda: [1])
     mode: Literal["inference", "train_step"] = "inference"
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    amp: Literal["none", "bf16", "fp16"] = Field(
+        default="none", description="train_step: autocast dtype, as the training tool's train.amp (none: fp32); "
+        "channels-last then follows the training tool's choice unless a model sets memory_format"
+    )
     memory_format: Literal["contiguous", "channels_last"] = Field(
         default="channels_last", description="memory format of our models' weights and inputs"
     )
@@ -150,6 +217,22 @@ class BenchConfig(_Section):
         if device.type not in ("cpu", "cuda"):
             raise ValueError(f"device must be cpu or cuda[:N]; got {value!r}")
         return value
+
+    @model_validator(mode="after")
+    def _amp_needs_fp32(self) -> "BenchConfig":
+        for i, spec in enumerate(self.models):
+            if self.amp_of(spec) != "none" and self.dtype != "float32":
+                raise ValueError(f"models.{i} ({spec.name}): amp {self.amp_of(spec)} autocasts a float32 model; "
+                                 f"set dtype float32 (got {self.dtype})")
+        return self
+
+    def mode_of(self, spec: ModelSpec) -> str:
+        """The mode of ``spec``'s rows (its own, else the config's)."""
+        return spec.mode or self.mode
+
+    def amp_of(self, spec: ModelSpec) -> str:
+        """The autocast of ``spec``'s training steps (its own, else the config's)."""
+        return spec.amp or self.amp
 
 
 def validate_bench_config(data: dict[str, Any], source: str = "<dict>",

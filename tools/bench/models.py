@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -97,9 +99,18 @@ def make_inputs(kind: str, batch: int, size: int, device: torch.device, dtype: t
     return images.contiguous(memory_format=memory_format)
 
 
-def _detector_targets(batch: int, size: int, device: torch.device) -> list[dict[str, torch.Tensor]]:
-    box = torch.tensor([[size * 0.2, size * 0.2, size * 0.7, size * 0.6]], device=device)
-    return [{"boxes": box.clone(), "labels": torch.tensor([1], device=device)} for _ in range(batch)]
+def make_targets(kind: str, batch: int, size: int, device: torch.device) -> Any:
+    """Training targets of a batch: one box per image (detectors), a mask with one object and an
+    ignored band (segmenters, :func:`heads.segmentation_loss`), none for trunks."""
+    if kind == "detector":
+        box = torch.tensor([[size * 0.2, size * 0.2, size * 0.7, size * 0.6]], device=device)
+        return [{"boxes": box.clone(), "labels": torch.tensor([1], device=device)} for _ in range(batch)]
+    if kind == "segmenter":
+        masks = torch.zeros(batch, size, size, dtype=torch.long, device=device)
+        masks[:, int(size * 0.2):int(size * 0.6), int(size * 0.2):int(size * 0.7)] = 1
+        masks[:, : max(1, size // 16)] = 255  # ignore_index, as crop padding is
+        return masks
+    return None
 
 
 def _sum_outputs(out: Any) -> torch.Tensor:
@@ -110,27 +121,74 @@ def _sum_outputs(out: Any) -> torch.Tensor:
     return sum(_sum_outputs(v) for v in out)
 
 
-def make_step(model: nn.Module, kind: str, inputs: Any, mode: str, size: int) -> Callable[[], Any]:
-    """``step()`` runs one inference batch (under ``inference_mode``) or one training step
-    (forward, backward, SGD update)."""
+#: Parameter-name prefixes of the trunk per kind (the training tool's ``Task.trunk_prefixes``).
+TRUNK_PREFIXES = {"detector": ("backbone.body.",), "segmenter": ("backbone.",)}
+
+
+def _autocast(amp: str, device: torch.device):
+    """The training tool's autocast for a resolved ``amp`` (none, bf16, fp16)."""
+    if amp == "none":
+        return nullcontext()
+    return torch.autocast(device.type, dtype=torch.float16 if amp == "fp16" else torch.bfloat16)
+
+
+@dataclass
+class Workload:
+    """What is timed and what is checked: ``step()`` runs one inference batch or one training step;
+    ``reference()`` gives the outputs compared across peers (inference: the model's outputs;
+    training: the loss of the batch under a fixed seed, without updating the weights)."""
+
+    step: Callable[[], Any]
+    reference: Callable[[], Any]
+
+
+def make_step(model: nn.Module, kind: str, inputs: Any, mode: str, size: int, *, amp: str = "none",
+              seed: int = 0) -> Workload:
+    """The workload of ``model`` on ``inputs``: inference under ``inference_mode``, or a training step
+    as the training tool runs it (``Trainer._step``): forward under the ``amp`` autocast, the task's
+    loss (detectors: the sum of their loss terms; segmenters: :func:`heads.segmentation_loss`; trunks:
+    the mean of their maps), ``zero_grad``, backward, and the tool's default optimiser
+    (:func:`backbones_tools.engine.optim.build_optimizer` with ``OptimConfig()``: SGD, momentum 0.9,
+    weight decay 1e-4 off norms and biases, fused kernels), with a grad scaler for fp16 on CUDA."""
     if mode == "inference":
 
         def infer() -> Any:
             with torch.inference_mode():
                 return model(inputs)
 
-        return infer
+        return Workload(infer, infer)
 
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
+    from backbones_tools.config.schema import OptimConfig
+    from backbones_tools.engine.optim import build_optimizer
+
     device = next(model.parameters()).device
-    targets = _detector_targets(len(inputs), size, device) if kind == "detector" else None
+    batch = len(inputs)
+    targets = make_targets(kind, batch, size, device)
+    optimizer = build_optimizer(model, OptimConfig(), batch, TRUNK_PREFIXES.get(kind, ()))
+    scaler = torch.amp.GradScaler("cuda", enabled=amp == "fp16" and device.type == "cuda")
+
+    def loss() -> torch.Tensor:
+        with _autocast(amp, device):
+            if kind == "detector":
+                return sum(model(inputs, targets).values())
+            out = model(inputs)
+            if kind == "segmenter":
+                from heads import segmentation_loss
+
+                return segmentation_loss(out, targets)["loss"]
+            return _sum_outputs(out)
 
     def train() -> Any:
+        total = loss()
         optimizer.zero_grad(set_to_none=True)
-        out = model(inputs, targets) if targets is not None else model(inputs)
-        loss = _sum_outputs(out)
-        loss.backward()
-        optimizer.step()
-        return loss
+        scaler.scale(total).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        return total
 
-    return train
+    def reference() -> torch.Tensor:
+        torch.manual_seed(seed)  # the same sampling (R-CNN) and dropout masks (DeepLab) in every model
+        with torch.no_grad():
+            return loss().float()
+
+    return Workload(train, reference)
