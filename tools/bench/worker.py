@@ -12,6 +12,7 @@ import json
 import sys
 import tempfile
 import traceback
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -167,9 +168,30 @@ def measure_row(config: BenchConfig, spec: ModelSpec, size: int, batch: int) -> 
         return _measure_row(config, spec, size, batch, workdir)
 
 
-def _measure_row(config: BenchConfig, spec: ModelSpec, size: int, batch: int, workdir: str) -> dict[str, Any]:
-    from backbones_tools.bench import runtimes
+@dataclass
+class _Row:
+    """What the steps of one row share: its request, the settings it runs under, and its record."""
 
+    config: BenchConfig
+    spec: ModelSpec
+    size: int
+    batch: int
+    record: dict[str, Any]
+    mode: str
+    threads: int
+    device: torch.device
+    dtype: torch.dtype
+    ours_format: torch.memory_format
+    amp: str
+    rtol: float
+
+    def peer_seed(self, k: int) -> int:
+        """The seed of peer ``k``'s weights (a peer rebuilt later gets the same weights)."""
+        return self.config.seed + 1000 * (k + 1)
+
+
+def _setup_row(config: BenchConfig, spec: ModelSpec, size: int, batch: int) -> _Row:
+    """Threads, device, precision and memory layout of the row; starts its record."""
     record = base_record(config, spec, size, batch)
     mode = record["mode"]
     if config.threads:
@@ -187,28 +209,40 @@ def _measure_row(config: BenchConfig, spec: ModelSpec, size: int, batch: int, wo
     else:
         ours_format = MEMORY_FORMATS[spec.memory_format or config.memory_format]
     amp = record["amp"]
-    rtol = rtol_for(device, config.dtype, amp)
-    peer_seed = lambda k: config.seed + 1000 * (k + 1)  # noqa: E731  a peer rebuilt later gets the same weights
+    return _Row(config=config, spec=spec, size=size, batch=batch, record=record, mode=mode, threads=threads,
+                device=device, dtype=dtype, ours_format=ours_format, amp=amp,
+                rtol=rtol_for(device, config.dtype, amp))
 
-    torch.manual_seed(config.seed)
-    ours, kind = build_ours(spec)
-    for k, peer_spec in enumerate(spec.peers):
+
+def _build_ours(row: _Row) -> tuple[torch.nn.Module, str]:
+    """Our model (seeded with ``config.seed``), its weights shared with the torch peers that ask for
+    it (each built with its own seed), counted (params, GMACs) in eval mode on the device."""
+    torch.manual_seed(row.config.seed)
+    ours, kind = build_ours(row.spec)
+    for k, peer_spec in enumerate(row.spec.peers):
         if not peer_spec.is_runtime and peer_spec.share_weights:
-            torch.manual_seed(peer_seed(k))
+            torch.manual_seed(row.peer_seed(k))
             peer, _ = build_peer(peer_spec)
             share_weights(ours, kind, peer)
             del peer
-    record["params"] = count_params(ours)
-    ours.eval().to(device=device, dtype=dtype)
-    flop_inputs = _flop_inputs(kind, size, device, dtype, torch.contiguous_format, config.seed)
-    record["gmacs"] = count_gmacs(lambda: ours(flop_inputs))
+    row.record["params"] = count_params(ours)
+    ours.eval().to(device=row.device, dtype=row.dtype)
+    flop_inputs = _flop_inputs(kind, row.size, row.device, row.dtype, torch.contiguous_format, row.config.seed)
+    row.record["gmacs"] = count_gmacs(lambda: ours(flop_inputs))
+    return ours, kind
 
-    # runtime peers: which apply, and one ONNX export of our weights (before optimize_for_inference)
+
+def _export_for_runtimes(row: _Row, ours: torch.nn.Module, kind: str,
+                         workdir: str) -> tuple[dict[int, dict[str, Any]], Any]:
+    """Which runtime peers apply (entries of the skipped ones, by peer index) and one ONNX export of
+    our weights (before ``optimize_for_inference``) for the others; a failed export fails them."""
+    from backbones_tools.bench import runtimes
+
     entries: dict[int, dict[str, Any]] = {}
     runtime_peers = {}
-    for k, peer_spec in enumerate(spec.peers):
+    for k, peer_spec in enumerate(row.spec.peers):
         if peer_spec.is_runtime:
-            reason = runtimes.skip_reason(peer_spec, mode=mode, device=device, dtype=config.dtype)
+            reason = runtimes.skip_reason(peer_spec, mode=row.mode, device=row.device, dtype=row.config.dtype)
             if reason:
                 entries[k] = peer_entry(peer_spec, "skipped", reason)
             else:
@@ -216,36 +250,51 @@ def _measure_row(config: BenchConfig, spec: ModelSpec, size: int, batch: int, wo
     exported = None
     if runtime_peers:
         try:
-            exported = runtimes.export_model(ours, kind, size, workdir)
+            exported = runtimes.export_model(ours, kind, row.size, workdir)
         except Exception as exc:  # noqa: BLE001  the peers fail, our row does not
             traceback.print_exc(file=sys.stderr)
             for k, peer_spec in runtime_peers.items():
                 entries[k] = peer_entry(peer_spec, "error", f"ONNX export failed: {describe(exc)}")
-            runtime_peers = {}
+    return entries, exported
 
-    if mode == "inference" and spec.optimize:
-        _optimizer_for(kind)(ours, channels_last=ours_format == torch.channels_last)
-    elif mode == "train_step" and spec.optimize and device.type == "cpu":
-        record["optimized"] = _gather_roi_align()(ours) > 0  # train.fast_roi_align (CPU)
-    ours = _prepare(ours, mode, device, dtype, ours_format)
+
+def _prepare_ours(row: _Row, ours: torch.nn.Module, kind: str) -> torch.nn.Module:
+    """Our model as the row runs it: optimized if asked, in the row's mode and layout, compiled if asked."""
+    spec = row.spec
+    if row.mode == "inference" and spec.optimize:
+        _optimizer_for(kind)(ours, channels_last=row.ours_format == torch.channels_last)
+    elif row.mode == "train_step" and spec.optimize and row.device.type == "cpu":
+        row.record["optimized"] = _gather_roi_align()(ours) > 0  # train.fast_roi_align (CPU)
+    ours = _prepare(ours, row.mode, row.device, row.dtype, row.ours_format)
     if spec.compile:
         ours = torch.compile(ours)
+    return ours
+
+
+def _ours_step(row: _Row, ours: torch.nn.Module, kind: str) -> tuple[Any, Any, Any]:
+    """Our inputs, step and reference outputs; warms the step up and records its peak memory."""
+    config, device = row.config, row.device
     generator = torch.Generator().manual_seed(config.seed)
-    inputs = make_inputs(kind, batch, size, device, dtype, ours_format, generator)
-    work = make_step(ours, kind, inputs, mode, size, amp=amp, seed=config.seed)
-    steps = {"ours": work.step}
-    reference = work.reference() if mode == "train_step" else None  # before any update of the weights
+    inputs = make_inputs(kind, row.batch, row.size, device, row.dtype, row.ours_format, generator)
+    work = make_step(ours, kind, inputs, row.mode, row.size, amp=row.amp, seed=config.seed)
+    reference = work.reference() if row.mode == "train_step" else None  # before any update of the weights
 
     gc.collect()
     reset_peak_memory(device)
     for _ in range(max(1, config.warmup)):
-        steps["ours"]()
-    record["peak_mem_mb"] = peak_memory_mb(device)
+        work.step()
+    row.record["peak_mem_mb"] = peak_memory_mb(device)
     if reference is None:
         reference = work.reference()
+    return inputs, work.step, reference
 
-    timed: dict[int, str] = {}  # peer index -> its key in steps
-    for k, peer_spec in enumerate(spec.peers):
+
+def _add_peers(row: _Row, kind: str, inputs: Any, exported: Any, reference: Any,
+               entries: dict[int, dict[str, Any]], steps: dict[str, Any]) -> dict[int, str]:
+    """Builds each peer not yet in ``entries`` and adds its entry, and its step to ``steps``;
+    returns the timed peers (peer index -> its key in ``steps``)."""
+    timed: dict[int, str] = {}
+    for k, peer_spec in enumerate(row.spec.peers):
         if k in entries:
             continue
         if peer_spec.label in steps:
@@ -253,10 +302,11 @@ def _measure_row(config: BenchConfig, spec: ModelSpec, size: int, batch: int, wo
             continue
         try:
             if peer_spec.is_runtime:
-                entry, step = _runtime_peer(peer_spec, exported, kind, inputs, threads, record, reference, rtol)
+                entry, step = _runtime_peer(peer_spec, exported, kind, inputs, row.threads, row.record, reference,
+                                            row.rtol)
             else:
-                entry, step = _torch_peer(peer_spec, peer_seed(k), config, kind, size, batch, mode, amp,
-                                          threads, reference, rtol)
+                entry, step = _torch_peer(peer_spec, row.peer_seed(k), row.config, kind, row.size, row.batch,
+                                          row.mode, row.amp, row.threads, reference, row.rtol)
         except Exception as exc:  # noqa: BLE001  a failing peer is reported; our row still counts
             traceback.print_exc(file=sys.stderr)
             entries[k] = peer_entry(peer_spec, "error", describe(exc))
@@ -264,15 +314,24 @@ def _measure_row(config: BenchConfig, spec: ModelSpec, size: int, batch: int, wo
         if entry["diff_ok"] is False:  # still timed, but the row says so
             entry.update(status="error", reason=f"outputs differ from ours: {entry['diff_note']}")
         entries[k], steps[peer_spec.label], timed[k] = entry, step, peer_spec.label
+    return timed
 
-    times = time_interleaved(steps, device, config.warmup, config.repeats)
+
+def _time_row(row: _Row, steps: dict[str, Any], entries: dict[int, dict[str, Any]], timed: dict[int, str]) -> None:
+    """Times ours and the peers in turns; fills the latencies and each peer's ratios into the record."""
+    record, batch = row.record, row.batch
+    times = time_interleaved(steps, row.device, row.config.warmup, row.config.repeats)
     record.update(summarize(times.pop("ours"), batch))
     for k, label in timed.items():
         entries[k].update(summarize(times[label], batch))
         entries[k]["ratio"] = record["throughput"] / entries[k]["throughput"]
         entries[k]["ratio_best"] = entries[k]["latency_min_ms"] / record["latency_min_ms"]
-    peers = [entries[k] for k in sorted(entries)]
-    record["peers"] = peers
+    record["peers"] = [entries[k] for k in sorted(entries)]
+
+
+def _fill_best_peer(record: dict[str, Any]) -> None:
+    """The fastest fine peer's figures and ratios in the record; ``peer_error`` if a peer failed."""
+    peers = record["peers"]
     fine = [p for p in peers if p["status"] == "ok" and p.get("throughput")]
     if fine:
         best = max(fine, key=lambda p: p["throughput"])
@@ -288,7 +347,20 @@ def _measure_row(config: BenchConfig, spec: ModelSpec, size: int, batch: int, wo
     failed = [p for p in peers if p["status"] == "error"]
     if failed:
         record.update(status="peer_error", error="; ".join(f"{p['peer']}: {p['reason']}" for p in failed))
-    return record
+
+
+def _measure_row(config: BenchConfig, spec: ModelSpec, size: int, batch: int, workdir: str) -> dict[str, Any]:
+    """:func:`measure_row`, with ``workdir`` for the ONNX export."""
+    row = _setup_row(config, spec, size, batch)
+    ours, kind = _build_ours(row)
+    entries, exported = _export_for_runtimes(row, ours, kind, workdir)
+    ours = _prepare_ours(row, ours, kind)
+    inputs, step, reference = _ours_step(row, ours, kind)
+    steps = {"ours": step}
+    timed = _add_peers(row, kind, inputs, exported, reference, entries, steps)
+    _time_row(row, steps, entries, timed)
+    _fill_best_peer(row.record)
+    return row.record
 
 
 def error_record(config: BenchConfig, spec: ModelSpec, size: int, batch: int, message: str) -> dict[str, Any]:
