@@ -91,9 +91,10 @@ class PeerSpec(_Section):
     @model_validator(mode="after")
     def _known(self) -> "PeerSpec":
         if self.is_runtime:
-            if self.name is not None:
-                raise ValueError(f"a {self.source} peer runs our model exported to ONNX; it takes no 'name' "
-                                 f"(got {self.name!r})")
+            ignored = sorted({"name", "memory_format", "share_weights"} & self.model_fields_set)
+            if ignored:
+                raise ValueError(f"a {self.source} peer runs our model exported to ONNX, with our weights; "
+                                 f"it takes no {', '.join(repr(k) for k in ignored)}")
             return self
         if not self.name:
             raise ValueError(f"a {self.source} peer needs 'name' (the {self.source} model to build)")
@@ -220,7 +221,14 @@ class BenchConfig(_Section):
 
     @model_validator(mode="after")
     def _amp_needs_fp32(self) -> "BenchConfig":
+        """amp autocasts training steps of a float32 model; on inference rows it would be ignored."""
+        modes = {self.mode_of(spec) for spec in self.models}
+        if self.amp != "none" and "train_step" not in modes:
+            raise ValueError(f"amp {self.amp} applies to train_step rows; this config has none")
         for i, spec in enumerate(self.models):
+            if (spec.amp or "none") != "none" and self.mode_of(spec) != "train_step":
+                raise ValueError(f"models.{i} ({spec.name}): amp {spec.amp} applies to train_step rows; "
+                                 f"this model's rows are {self.mode_of(spec)}")
             if self.amp_of(spec) != "none" and self.dtype != "float32":
                 raise ValueError(f"models.{i} ({spec.name}): amp {self.amp_of(spec)} autocasts a float32 model; "
                                  f"set dtype float32 (got {self.dtype})")

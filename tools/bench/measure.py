@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import platform
 import resource
 import statistics
 import time
@@ -110,26 +109,15 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 def hardware(device: torch.device) -> str:
-    """What a row ran on, written next to its figures: the GPU's name, or the CPU's model name and
-    its AVX-512 / AMX features (``lscpu | grep -o 'avx512[a-z_0-9]*'``; AVX2 where it has none)."""
+    """What a row ran on, written next to its figures: the GPU's name, or the CPU's model name with
+    its AVX-512 / AMX features (AVX2 where it has none) and any ``ONEDNN_MAX_CPU_ISA`` cap, read as
+    the training tool reads them (:mod:`backbones_tools.engine.precision`)."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    name, flags = None, []
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as cpuinfo:
-            for line in cpuinfo:
-                key, _, value = line.partition(":")
-                key = key.strip().lower()
-                if key == "model name" and name is None:
-                    name = value.strip()
-                elif key in ("flags", "features") and not flags:
-                    flags = value.split()
-                if name and flags:
-                    break
-    except OSError:
-        pass
-    wide = [f for f in flags if f.startswith(("avx512", "amx"))]
-    if not wide:
-        wide = [f for f in ("avx2", "fma", "asimd", "sve") if f in flags]
-    name = name or platform.processor() or platform.machine() or "unknown CPU"
-    return f"{name} ({' '.join(wide) if wide else 'no AVX-512/AVX2 flags'})"
+    from backbones_tools.engine.precision import cpu_flags, cpu_model_name, onednn_isa_cap
+
+    flags = cpu_flags()
+    wide = [f for f in flags if f.startswith(("avx512", "amx"))] or [f for f in flags if f == "avx2"]
+    cap = onednn_isa_cap()
+    features = " ".join(wide) if wide else "no AVX-512/AVX2 flags"
+    return f"{cpu_model_name()} ({features}{f'; oneDNN capped to {cap}' if cap else ''})"

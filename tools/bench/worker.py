@@ -29,6 +29,8 @@ from backbones_tools.bench.measure import (
     time_interleaved,
 )
 from backbones_tools.bench.models import DTYPES, build_ours, build_peer, make_inputs, make_step, share_weights
+from backbones_tools.bench.runtimes import version
+from heads import use_gather_roi_align
 
 RESULT_PREFIX = "BENCH_RESULT "
 MEMORY_FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
@@ -83,26 +85,12 @@ def _flop_inputs(kind: str, size: int, device: torch.device, dtype: torch.dtype,
 
 def _optimizer_for(kind: str):
     """``optimize_for_inference`` for ``kind``: ``heads``' for whole models (it also runs the
-    detectors' RoI-align as a gather) where the package has it, else ``backbones``'."""
+    detectors' RoI-align as a gather), ``backbones``' for trunks."""
     if kind in ("detector", "segmenter"):
-        import heads
-
-        fn = getattr(heads, "optimize_for_inference", None)
-        if fn is not None:
-            return fn
-    from backbones import optimize_for_inference
-
+        from heads import optimize_for_inference
+    else:
+        from backbones import optimize_for_inference
     return optimize_for_inference
-
-
-def _gather_roi_align():
-    """``use_gather_roi_align`` (what the training tool applies with ``train.fast_roi_align``)."""
-    import heads
-
-    fn = getattr(heads, "use_gather_roi_align", None)
-    if fn is None:
-        from backbones.inference import use_gather_roi_align as fn
-    return fn
 
 
 def peer_entry(peer: PeerSpec, status: str = "ok", reason: str | None = None, **fields: Any) -> dict[str, Any]:
@@ -111,13 +99,6 @@ def peer_entry(peer: PeerSpec, status: str = "ok", reason: str | None = None, **
              "reason": reason, "params": None, "gmacs": None, "ratio": None, "ratio_best": None, **Diff().record()}
     entry.update(fields)
     return entry
-
-
-def _torch_version(source: str) -> str | None:
-    """The version of the torchvision or timm package a peer comes from."""
-    import importlib
-
-    return getattr(importlib.import_module(source), "__version__", None)
 
 
 def _runtime_peer(peer: PeerSpec, exported: Any, kind: str, inputs: Any, threads: int, record: dict[str, Any],
@@ -151,7 +132,7 @@ def _torch_peer(peer: PeerSpec, seed: int, config: BenchConfig, kind: str, size:
     diff = Diff(note="not compared: different weights (share_weights: false)")
     if peer.share_weights:
         diff = compare(kind, mode, reference, work.reference(), rtol)
-    entry = peer_entry(peer, params=params, gmacs=gmacs, version=_torch_version(peer.source),
+    entry = peer_entry(peer, params=params, gmacs=gmacs, version=version(peer.source),
                        settings=f"{peer.memory_format}, {threads} torch threads", **diff.record())
     return entry, work.step
 
@@ -264,7 +245,7 @@ def _prepare_ours(row: _Row, ours: torch.nn.Module, kind: str) -> torch.nn.Modul
     if row.mode == "inference" and spec.optimize:
         _optimizer_for(kind)(ours, channels_last=row.ours_format == torch.channels_last)
     elif row.mode == "train_step" and spec.optimize and row.device.type == "cpu":
-        row.record["optimized"] = _gather_roi_align()(ours) > 0  # train.fast_roi_align (CPU)
+        row.record["optimized"] = use_gather_roi_align(ours) > 0  # train.fast_roi_align (CPU)
     ours = _prepare(ours, row.mode, row.device, row.dtype, row.ours_format)
     if spec.compile:
         ours = torch.compile(ours)
