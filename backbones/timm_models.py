@@ -63,12 +63,19 @@ def _module_of(tap: str) -> str:
 def _out_indices(value: Any) -> tuple[int, ...]:
     """timm's ``out_indices``: a tuple of indices (negative ones count from the last), or an int
     n meaning the last n levels."""
-    if isinstance(value, int):
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    given = value
+    if is_int(value):
         value = tuple(range(len(TAPS) - value, len(TAPS)))
+    if not (isinstance(value, (tuple, list)) and all(is_int(i) for i in value)):
+        value = ()
     indices = tuple(i % len(TAPS) if -len(TAPS) <= i < len(TAPS) else i for i in value)
     bad = [i for i in indices if not 0 <= i < len(TAPS)]
     if bad or not indices or list(indices) != sorted(set(indices)):
-        raise ValueError(f"out_indices must be increasing among 0..{len(TAPS) - 1} (stem, c2..c5); got {value!r}")
+        raise ValueError(f"out_indices must be an int n (the last n levels) or increasing indices among "
+                         f"0..{len(TAPS) - 1} (stem, c2..c5); got {given!r}")
     return indices
 
 
@@ -109,10 +116,8 @@ def register_timm_model(name: str, variant: str, **options: Any) -> str:
     ``register_timm_model("backbones_r2n50_os8_dcn", "res2net50_26w_4s", output_stride=8, dcn_stages=[4])``."""
     from timm.models import register_model
 
-    if variant not in VARIANTS:
-        check_timm_name(PREFIX + variant)
-    create_backbone(variant, out_features=("stem",), **{k: v for k, v in options.items()
-                                                         if k not in ("weights", "out_indices", "features_only")})
+    with torch.device("meta"):  # the options checked as timm.create_model will use them, nothing allocated
+        create_timm_features(variant, **{"features_only": True, **{k: v for k, v in options.items() if k != "weights"}})
     setattr(sys.modules[__name__], name, register_model(_entrypoint(name, variant, dict(options))))
     return name
 

@@ -80,14 +80,10 @@ class LoadReport:
 def refused_for_objects(exc: BaseException, path: str | os.PathLike) -> bool:
     """Whether a safe load (``torch.load(..., weights_only=True)`` or the ``.pkl`` reader) refused
     ``path`` for holding Python objects other than tensors, rather than for being corrupt: both
-    raise ``UnpicklingError``, but a refused file is a well-formed torch archive or pickle."""
-    if not isinstance(exc, pickle.UnpicklingError):
-        return False
-    if "global" in str(exc) or "refusing to unpickle" in str(exc):
-        return True
-    with open(path, "rb") as f:
-        head = f.read(1)
-    return zipfile.is_zipfile(path) or head == b"\x80"  # a torch archive, or a pickle (PROTO opcode)
+    raise ``UnpicklingError``, and only a refusal names what it refused (a truncated pickle says
+    "pickle data was truncated")."""
+    markers = ("Weights only load failed", "Unsupported global", "refusing to unpickle")
+    return isinstance(exc, pickle.UnpicklingError) and any(m in str(exc) for m in markers)
 
 
 def pickled_objects_message(path: str | os.PathLike) -> str:
@@ -112,6 +108,7 @@ class _ArrayUnpickler(pickle.Unpickler):
         ("numpy", "ndarray"),
         ("numpy", "dtype"),
         ("collections", "OrderedDict"),
+        ("_codecs", "encode"),  # how a protocol-2 pickle written by Python 3 stores bytes
     }
 
     def find_class(self, module: str, name: str) -> Any:
@@ -151,7 +148,7 @@ def _read_file(path: Path) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         if not refused_for_objects(err, path):
-            raise WeightsFileError(f"{path} is not a readable checkpoint (corrupt or truncated?)") from None
+            raise WeightsFileError(f"{path} is not a readable checkpoint (corrupt or truncated?): {err}") from None
         raise WeightsFileError(pickled_objects_message(path)) from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, UnicodeDecodeError) as err:
         raise WeightsFileError(f"{path} is not a readable checkpoint (corrupt or truncated?): {err}") from err

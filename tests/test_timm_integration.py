@@ -67,6 +67,32 @@ def test_options_weights_and_errors(tmp_path) -> None:
         register_timm_model("backbones_test_bad", "resnet50", dcn_stage=[4])
 
 
+def test_registered_defaults_need_stages_and_timm_options() -> None:
+    from backbones.timm_models import register_timm_model
+
+    # options that act on stages (checked as timm.create_model will use them, not on a stem-only trunk)
+    name = register_timm_model("backbones_test_defaults", "resnet50", frozen_stages=1, output_stride=16,
+                               multi_grid=[1, 2, 4])
+    model = timm.create_model(name, features_only=True, out_indices=(1, 2, 3, 4))
+    assert not any(p.requires_grad for p in model.trunk.layer1.parameters())
+    assert all(p.requires_grad for p in model.trunk.layer2.parameters())
+    assert [b.conv2.dilation for b in model.trunk.layer4] == [(2, 2), (4, 4), (8, 8)]
+    one = timm.create_model(register_timm_model("backbones_test_gray", "resnet18", in_chans=1), features_only=True)
+    assert one.trunk.conv1.weight.shape == (64, 1, 7, 7)  # timm's in_chans -> in_channels
+
+
+@pytest.mark.parametrize("out_indices, channels", [(2, [256, 512]), ((-1,), [512]), ((0, 2), [64, 128])])
+def test_out_indices_forms(out_indices, channels) -> None:
+    model = timm.create_model(f"{PREFIX}resnet18", features_only=True, out_indices=out_indices)
+    assert model.feature_info.channels() == channels
+
+
+@pytest.mark.parametrize("bad", ["c5", 4.0, (1, 2.0), True, (2, 1), (5,)])
+def test_bad_out_indices_are_named(bad) -> None:
+    with pytest.raises(ValueError, match="out_indices must be an int n"):
+        timm.create_model(f"{PREFIX}resnet18", features_only=True, out_indices=bad)
+
+
 # ----------------------------------------------------------------------------- segmentation_models_pytorch
 
 

@@ -165,6 +165,21 @@ def test_corrupt_file(tmp_path):
         load_weights(create_backbone("resnet18"), path)
 
 
+@pytest.mark.parametrize("protocol", [2, 4])
+def test_pkl_written_by_python3_loads_and_a_truncated_one_is_corrupt(tmp_path, protocol):
+    state = create_backbone("resnet18").state_dict()
+    blobs = {k: v.numpy() for k, v in state.items() if "num_batches" not in k}
+    path = tmp_path / "r18.pkl"
+    with open(path, "wb") as f:  # protocol 2 stores the arrays' bytes through _codecs.encode
+        pickle.dump(blobs, f, protocol=protocol)
+    model = create_backbone("resnet18")
+    assert load_weights(model, path).ok
+    assert torch.equal(model.state_dict()["layer1.0.conv1.weight"], state["layer1.0.conv1.weight"])
+    path.write_bytes(path.read_bytes()[:5000])  # a half-written file is corrupt, not "code"
+    with pytest.raises(WeightsFileError, match="r18.pkl is not a readable checkpoint .*truncated"):
+        load_weights(create_backbone("resnet18"), path)
+
+
 class _Payload:
     def __reduce__(self):
         return (print, ("code ran while loading",))
