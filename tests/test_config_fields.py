@@ -453,8 +453,15 @@ def test_backbone_dcn_stages_make_3x3_convs_deformable(seg_root: Path) -> None:
 def test_num_classes_is_checked_against_the_dataset(det_root: Path) -> None:
     task, _, _ = datasets(det_cfg(det_root))
     assert _check_num_classes(det_cfg(det_root, "model.num_classes=4"), task.category_map) == 4
-    with pytest.raises(ValueError, match="model.num_classes=3 but the dataset's category map has 4"):
+    with pytest.raises(ConfigError, match="model.num_classes=3 but the dataset's category map has 4"):
         _check_num_classes(det_cfg(det_root, "model.num_classes=3"), task.category_map)
+
+
+def test_a_refused_model_option_or_ignore_index_is_a_config_error(det_root: Path, seg_root: Path) -> None:
+    with pytest.raises(ConfigError, match="model: unknown option.*bogus"):
+        make_task(det_cfg(det_root, "model.options.bogus=1"), det_root).build_model(4)
+    with pytest.raises(ConfigError, match="model.ignore_index: ignore_index=2 must be above the 4 class"):
+        datasets(seg_cfg(seg_root, "model.ignore_index=2"))
 
 
 def test_model_options_reach_the_detector(det_root: Path, seg_root: Path) -> None:

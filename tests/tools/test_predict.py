@@ -161,6 +161,12 @@ def test_user_errors_exit_2_without_a_traceback(det_run, tmp_path, capsys) -> No
     shutil.copy(next(det_run["images"].glob("*.jpg")), other)
     cases["does not list 1 of the images"] = ["--checkpoint", str(det_run["checkpoint"]), "--images", str(other),
                                               "--gt", str(det_run["gt"])]
+    no_id = tmp_path / "no_id.json"
+    gt = json.loads(Path(det_run["gt"]).read_text())
+    del gt["images"][0]["id"]
+    no_id.write_text(json.dumps(gt))
+    cases["images[0] has no integer 'id'"] = ["--checkpoint", str(det_run["checkpoint"]), "--images", str(other),
+                                              "--gt", str(no_id)]
     for message, args in cases.items():
         assert predict.main(args + ["--out", str(tmp_path / "out")]) == 2, message
         captured = capsys.readouterr()
@@ -177,7 +183,7 @@ def test_help_shows_an_example(capsys) -> None:
     assert "predictions.json keeps every detection" in " ".join(text.split())
 
 
-def test_segmentation_writes_index_pngs_with_the_palette_and_overlays(tmp_path) -> None:
+def test_segmentation_writes_index_pngs_with_the_palette_and_overlays(tmp_path, monkeypatch) -> None:
     root = tmp_path / "shapes"
     make_shapes_dataset(root, **seg_demo.SHAPES)
     run = tmp_path / "run"
@@ -211,10 +217,20 @@ def test_segmentation_writes_index_pngs_with_the_palette_and_overlays(tmp_path) 
     assert (blended[0, 0] == 100).all() and (blended[1, 1] == 100).all()
     assert blended[0, 1].tolist() == [round((100 + c) / 2) for c in palette[3:6]]
 
-    # --max-size shrinks the input; the masks keep the images' size
+    # --max-size shrinks the model's input; the masks keep the images' size
+    inputs: list[tuple[int, ...]] = []
+    original = engine._segmentation_input
+
+    def recorded(*args):
+        tensor = original(*args)
+        inputs.append(tuple(tensor.shape[-2:]))
+        return tensor
+
+    monkeypatch.setattr(engine, "_segmentation_input", recorded)
     small = tmp_path / "small"
     assert predict.main(["--checkpoint", str(run / "best.pth"), "--images", str(images[0]), "--out", str(small),
                          "--max-size", "32", "--no-draw", "--quiet"]) == 0
     with Image.open(small / "masks" / f"{images[0].stem}.png") as img:
         assert img.size == Image.open(images[0]).size and img.mode == "P"
+    assert len(inputs) == 1 and max(inputs[0]) == 32 and max(Image.open(images[0]).size) > 32
     assert not (small / "overlays").exists()

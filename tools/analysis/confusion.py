@@ -40,13 +40,14 @@ from typing import Any
 import matplotlib
 import numpy as np
 import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from torchvision.ops import box_iou
+
 from backbones_tools.analysis import AnalysisError
 from backbones_tools.data.categories import CategoryMap
 from backbones_tools.data.coco_json import read_json, validate_coco_gt
 from backbones_tools.evaluation import metrics_from_confusion, run_cocoeval, validate_results
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from torchvision.ops import box_iou
 
 #: cells are annotated with their numbers up to this many classes
 ANNOTATE_UP_TO = 30
@@ -183,15 +184,14 @@ def seg_confusion(run: str | os.PathLike[str], checkpoint: str = "best.pth", spl
     ``data.val_split``) and return the pixel confusion matrix, as
     :func:`backbones_tools.engine.evaluate_checkpoint` builds the model and loader (the checkpoint's config
     and category map, the preflight's exclusions)."""
+    from backbones import optimize_for_inference
     from backbones_tools import distributed as D
-    from backbones_tools.config.loader import validate_config
     from backbones_tools.engine.checkpoint import load_checkpoint
     from backbones_tools.engine.data import build_eval_loader, prepare_data_root
     from backbones_tools.engine.preflight import run_preflight
+    from backbones_tools.engine.run_checkpoint import checkpoint_config, load_run_weights, saved_category_map
     from backbones_tools.engine.tasks import make_task
     from backbones_tools.evaluation import SegmentationMetrics
-
-    from backbones import optimize_for_inference
 
     path = Path(run)
     path = path / checkpoint if path.is_dir() else path
@@ -201,7 +201,7 @@ def seg_confusion(run: str | os.PathLike[str], checkpoint: str = "best.pth", spl
     if state.get("task") != "seg":
         raise AnalysisError(f"{path} is a {state.get('task')!r} checkpoint; seg-confusion needs a segmentation "
                             "run (for detection: confusion --gt ANN.json --results PREDICTIONS.json)")
-    cfg = validate_config(state["config"], source=f"config saved in {path}")
+    cfg = checkpoint_config(path, state)
     updates: dict[str, Any] = {"val_split": split} if split else {}
     if data_root:
         updates.update(root=data_root, generate_shapes=False)
@@ -211,9 +211,9 @@ def seg_confusion(run: str | os.PathLike[str], checkpoint: str = "best.pth", spl
     task = make_task(cfg, root)
     task.exclusions = run_preflight(root, {"val": cfg.data.val_split}, task.check_iou_type,
                                     cfg.data.skip_invalid).exclusions
-    _, val_ds = task.build_datasets(train=False, val=True, category_map=CategoryMap.from_dict(state["category_map"]))
+    _, val_ds = task.build_datasets(train=False, val=True, category_map=saved_category_map(path, state))
     model = task.build_model(task.category_map.num_classes)
-    model.load_state_dict(state["model"])
+    load_run_weights(model, state, path)
     model = optimize_for_inference(model.to(ctx.device)).eval()
     seg = SegmentationMetrics(task.category_map.num_classes + 1, ignore_index=cfg.model.ignore_index)
     with torch.no_grad():

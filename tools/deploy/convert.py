@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
-from backbones_tools.files import atomic_path
 
 from backbones.converters import FORMATS, detect_format, to_native
 from backbones.weights import LoadReport, WeightsFileError, WeightsMismatchError, is_classifier_key, read_state_dict
+from backbones_tools.files import atomic_path
 
 #: Suffixes of the files ``save_state_dict`` writes: a ``torch.save`` dict, or safetensors.
 TORCH_SUFFIXES = (".pth", ".pt", ".bin")

@@ -321,23 +321,20 @@ def module_target(model: nn.Module, kind: str, *, size: tuple[int, int] = (224, 
 def _load_run_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, Any]:
     """The model a training checkpoint of this package holds (as tools/engine/evaluate.py
     rebuilds it: saved config, saved category map, task builder, strict ``load_state_dict``)."""
-    from backbones_tools.config.loader import ConfigError, validate_config
-    from backbones_tools.data import CategoryMap
+    from backbones_tools.config.loader import ConfigError
     from backbones_tools.engine.checkpoint import CheckpointError, load_checkpoint
+    from backbones_tools.engine.run_checkpoint import checkpoint_config, load_run_weights, saved_category_map
     from backbones_tools.engine.tasks import build_detection_model, build_segmentation_model
 
     state = load_checkpoint(path)
-    if "config" not in state or "category_map" not in state:
+    category_map = saved_category_map(path, state)
+    if "config" not in state or category_map is None:
         raise CheckpointError(
             f"{path} holds no {'config' if 'config' not in state else 'category map'}: --checkpoint takes a "
             "checkpoint written by tools/train_det.py or tools/train_seg.py (for trunk weights use --backbone "
             "NAME --weights FILE)"
         )
-    cfg = validate_config(state["config"], source=f"config saved in {path}")
-    try:
-        category_map = CategoryMap.from_dict(state["category_map"])
-    except (ValueError, TypeError) as exc:
-        raise CheckpointError(f"{path}: unreadable category map ({exc})") from None
+    cfg = checkpoint_config(path, state)
     build = build_detection_model if cfg.task == "det" else build_segmentation_model
     try:
         model = build(cfg, category_map.num_classes)
@@ -345,10 +342,7 @@ def _load_run_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, Any]:
         if isinstance(exc, ConfigError):
             raise
         raise CheckpointError(f"{path}: the saved config does not build a model: {exc}") from None
-    try:
-        model.load_state_dict(state["model"])
-    except (RuntimeError, TypeError, AttributeError) as exc:
-        raise CheckpointError(f"{path}: its weights do not fit the model its config builds: {exc}") from None
+    load_run_weights(model, state, path)
     return model.eval(), cfg
 
 

@@ -10,9 +10,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from backbones_tools.files import atomic_path, atomic_write_bytes, atomic_write_text
 
 from backbones.weights import pickled_objects_message, refused_for_objects
+from backbones_tools.files import atomic_path, atomic_write_bytes, atomic_write_text
 
 PathLike = str | os.PathLike[str]
 #: the atomic writers live in backbones_tools.files; re-exported for callers of this module

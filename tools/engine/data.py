@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
 from backbones_tools.config.loader import ConfigError
 from backbones_tools.config.schema import DataConfig
 from backbones_tools.data import (
@@ -19,7 +21,6 @@ from backbones_tools.data import (
     seeded_generator,
 )
 from backbones_tools.distributed import DistContext, barrier
-from torch.utils.data import DataLoader, Dataset, Sampler
 
 
 class DataRootError(ValueError):

@@ -10,14 +10,12 @@ from typing import Any, Callable
 
 from backbones_tools import distributed as D
 from backbones_tools.cli_args import add_checkpoint_source, add_debug, add_split_source
-from backbones_tools.config.loader import validate_config
 from backbones_tools.config.schema import TrainConfig
-from backbones_tools.data import CategoryMap
 from backbones_tools.engine.checkpoint import CheckpointError, load_checkpoint
 from backbones_tools.engine.data import build_eval_loader, prepare_data_root
 from backbones_tools.engine.preflight import run_preflight_once
+from backbones_tools.engine.run_checkpoint import checkpoint_config, load_run_weights, saved_category_map
 from backbones_tools.engine.tasks import make_task
-
 from heads import optimize_for_inference
 
 logger = logging.getLogger(__name__)
@@ -45,10 +43,7 @@ def evaluate_checkpoint(
     The checkpoint's category map is used, so labels map back to the ids it was trained on.
     """
     state = load_checkpoint(checkpoint)
-    if cfg is None:
-        if "config" not in state:
-            raise CheckpointError(f"{checkpoint} holds no config; pass one with --config")
-        cfg = validate_config(state["config"], source=f"config saved in {checkpoint}")
+    cfg = cfg if cfg is not None else checkpoint_config(checkpoint, state)
     updates: dict[str, Any] = {}
     if split is not None:
         updates["val_split"] = split
@@ -62,7 +57,7 @@ def evaluate_checkpoint(
     task = make_task(cfg, root)
     checked = run_preflight_once(root, {"val": cfg.data.val_split}, task.check_iou_type, cfg.data.skip_invalid)
     task.exclusions = checked.exclusions
-    saved = CategoryMap.from_dict(state["category_map"]) if "category_map" in state else None
+    saved = saved_category_map(checkpoint, state)
     # the checkpoint's labels: a subset run scores only its categories, in its label order
     _, val_ds = task.build_datasets(train=False, val=True, category_map=saved)
     missing = sorted(set(task.category_map.category_ids) - {c["id"] for c in val_ds.coco.dataset["categories"]})
@@ -72,7 +67,7 @@ def evaluate_checkpoint(
             f"the {cfg.data.val_split} split lacks {missing}"
         )
     model = task.build_model(task.category_map.num_classes)
-    model.load_state_dict(state["model"])
+    load_run_weights(model, state, checkpoint)
     model = optimize_for_inference(model.to(ctx.device))  # after loading: folding renames norm keys
     loader = build_eval_loader(val_ds, cfg.data, ctx, task.collate)
     metrics, table = task.evaluate(model, loader, ctx)
@@ -130,15 +125,9 @@ def add_checkpoint_arguments(parser: Any, *, required: bool = True) -> None:
 
 def run_from_args(args: Any) -> EvalOutcome:
     """Evaluate per parsed :func:`add_checkpoint_arguments` arguments."""
-    from backbones_tools.config.loader import load_config
-
-    cfg = load_config(args.config, args.overrides) if args.config else None
-    if cfg is None and args.overrides:
-        from backbones_tools.config.loader import apply_overrides
-
-        state = load_checkpoint(args.checkpoint)
-        data = apply_overrides(dict(state["config"]), args.overrides)
-        cfg = validate_config(data, source=f"config saved in {args.checkpoint} + --set")
+    cfg = None
+    if args.config or args.overrides:
+        cfg = checkpoint_config(args.checkpoint, load_checkpoint(args.checkpoint), args.config, args.overrides)
     return evaluate_checkpoint(args.checkpoint, cfg, split=args.split, data_root=args.data_root)
 
 

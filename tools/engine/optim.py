@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import torch
+from torch import nn
+
 from backbones_tools.config.loader import ConfigError
 from backbones_tools.config.schema import OptimConfig
-from torch import nn
 
 #: Norm layers whose parameters are excluded from weight decay by default.
 NORM_TYPES: tuple[type[nn.Module], ...] = (

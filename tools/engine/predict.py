@@ -19,7 +19,6 @@ and skipped. ``manifest.json`` lists every input with its image id and output fi
 from __future__ import annotations
 
 import argparse
-import copy
 import glob
 import json
 import os
@@ -32,8 +31,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from backbones_tools.cli_args import add_checkpoint_source, add_debug
 from torch import nn
+
+from backbones_tools.cli_args import add_checkpoint_source, add_debug
 
 #: file suffixes taken from a folder (explicitly named files and glob matches are all tried)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
@@ -86,22 +86,6 @@ class Predictor:
         return self.task.category_map
 
 
-def checkpoint_config(checkpoint: str | os.PathLike[str], state: Mapping[str, Any], config: str | None = None,
-                      overrides: Sequence[str] = ()) -> Any:
-    """The config of a checkpoint: ``config`` (a YAML path) when given, else the one saved in
-    the checkpoint, with ``overrides`` (``key=value``) applied, as eval_coco.py's checkpoint mode."""
-    from backbones_tools.config.loader import apply_overrides, load_config, validate_config
-    from backbones_tools.engine.checkpoint import CheckpointError
-
-    if config:
-        return load_config(config, overrides)
-    if not isinstance(state.get("config"), Mapping):
-        raise CheckpointError(f"{checkpoint} holds no config; pass one with --config")
-    data = apply_overrides(copy.deepcopy(dict(state["config"])), overrides)
-    source = f"config saved in {checkpoint}" + (" + --set" if overrides else "")
-    return validate_config(data, source=source)
-
-
 def load_predictor(
     checkpoint: str | os.PathLike[str],
     *,
@@ -122,8 +106,8 @@ def load_predictor(
     from backbones_tools.data.errors import CocoFormatError
     from backbones_tools.distributed import resolve_device
     from backbones_tools.engine.checkpoint import CheckpointError, load_checkpoint
+    from backbones_tools.engine.run_checkpoint import checkpoint_config, load_run_weights, saved_category_map
     from backbones_tools.engine.tasks import _check_num_classes, make_task
-
     from heads import optimize_for_inference
 
     if device == "cuda" and not torch.cuda.is_available():
@@ -133,11 +117,10 @@ def load_predictor(
     checkpoint = Path(checkpoint)
     state = load_checkpoint(checkpoint)
     cfg = checkpoint_config(checkpoint, state, config, overrides)
-    if isinstance(state.get("category_map"), Mapping):
-        category_map = CategoryMap.from_dict(state["category_map"])
-    elif gt is not None:
+    category_map = saved_category_map(checkpoint, state)
+    if category_map is None and gt is not None:
         category_map = CategoryMap.from_coco_categories(gt["categories"], subset=cfg.data.categories)
-    else:
+    elif category_map is None:
         raise CheckpointError(f"{checkpoint} holds no category map; pass the ground truth it was "
                               "trained with as --gt to take its categories")
     if gt is not None:
@@ -148,14 +131,7 @@ def load_predictor(
     task = make_task(cfg, Path(cfg.data.root))
     task.category_map = category_map
     model = task.build_model(_check_num_classes(cfg, category_map))
-    try:
-        model.load_state_dict(state["model"])
-    except (RuntimeError, KeyError, TypeError) as exc:
-        detail = str(exc).strip().splitlines()
-        raise CheckpointError(
-            f"the weights in {checkpoint} do not fit the model of "
-            f"{'--config ' + str(config) if config else 'its saved config'}: "
-            f"{' '.join(d.strip() for d in detail[:3])}") from None
+    load_run_weights(model, state, checkpoint, config)
     if max_size is not None:
         if max_size < 1:
             raise ValueError(f"--max-size must be a positive number of pixels, got {max_size}")
@@ -318,6 +294,7 @@ def _segmentation_input(image: np.ndarray, eval_size: int | None, max_size: int 
     normalisation), then the longer side down to ``max_size`` if it is longer."""
     import albumentations as A
     import cv2
+
     from backbones_tools.data.transforms import SegmentationTransform
 
     ops: list[Any] = []
@@ -336,8 +313,9 @@ def _segmentation_input(image: np.ndarray, eval_size: int | None, max_size: int 
 def _write_index_png(mask: np.ndarray, num_labels: int, ignore_index: int | None, path: Path) -> Path:
     """Class ids as a PIL ``P``-mode PNG with the class palette attached (16-bit grey when the
     ids do not fit in a byte)."""
-    from backbones_tools.data.palette import palette_array
     from PIL import Image
+
+    from backbones_tools.data.palette import palette_array
 
     path.parent.mkdir(parents=True, exist_ok=True)
     if num_labels > 256:
@@ -555,14 +533,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_from_args(args: argparse.Namespace) -> PredictOutcome:
     """Predict per parsed :func:`build_parser` arguments and print a summary."""
-    from backbones_tools.data.coco_json import read_json
-    from backbones_tools.data.errors import CocoFormatError, ImageLoadError
+    from backbones_tools.data.coco_json import read_json, validate_coco_gt
+    from backbones_tools.data.errors import ImageLoadError
 
     gt = None
     if args.gt:
         gt = read_json(args.gt)
-        if not isinstance(gt, Mapping) or not isinstance(gt.get("images"), list):
-            raise CocoFormatError(f"{args.gt}: not a COCO annotation file (no 'images' list)")
+        validate_coco_gt(gt, args.gt)  # ids, categories, references: named faults, not KeyErrors later
     paths = collect_images(args.images)
     if not paths:
         raise FileNotFoundError(f"no image file found in --images {' '.join(args.images)}")

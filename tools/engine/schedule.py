@@ -12,6 +12,7 @@ import math
 from collections.abc import Callable
 
 import torch
+
 from backbones_tools.config.schema import ScheduleConfig
 
 

@@ -8,12 +8,18 @@ The training loop (:mod:`backbones_tools.engine.trainer`) knows nothing else abo
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from torchvision.utils import make_grid
+from tqdm import tqdm
+
 from backbones_tools.config.loader import ConfigError
 from backbones_tools.config.schema import TrainConfig
 from backbones_tools.data import (
@@ -31,14 +37,31 @@ from backbones_tools.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from backbones_tools.distributed import DistContext
 from backbones_tools.engine.data import split_paths, subset_ids
 from backbones_tools.evaluation import CocoEvaluator, SegmentationMetrics, format_table
-from torch import nn
-from torch.utils.data import DataLoader
-from torchvision.utils import make_grid
-from tqdm import tqdm
-
 from heads import build_detector, build_segmenter, counts_background, segmentation_loss
 
 COCO_STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+@contextmanager
+def _model_options_named() -> Iterator[None]:
+    """A builder's refusal of a configured option (``model.options``, ``model.backbone``) is a
+    config error (exit code 2, no traceback), not a bug."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"model: {exc} (check model.options and model.backbone)") from None
+
+
+def _semantic_dataset(*args: Any, **kwargs: Any) -> CocoSemantic:
+    """:class:`CocoSemantic`, its refusal of ``ignore_index`` named as the config key that set it."""
+    try:
+        return CocoSemantic(*args, **kwargs)
+    except ValueError as exc:
+        if "ignore_index" in str(exc):
+            raise ConfigError(f"model.ignore_index: {exc}") from None
+        raise
 
 
 def _check_num_classes(cfg: TrainConfig, category_map: CategoryMap) -> int:
@@ -283,8 +306,9 @@ def build_detection_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
         options["box_predictor"] = FastRCNNPredictor(m.box_head_dim, head_classes)
         if m.kind == "mask_rcnn":
             raise ConfigError("model.box_head_dim with mask_rcnn needs a mask_predictor; use options")
-    return build_detector(m.kind, backbone=m.backbone.name, num_classes=head_classes,
-                          backbone_options=backbone_options, **options)
+    with _model_options_named():
+        return build_detector(m.kind, backbone=m.backbone.name, num_classes=head_classes,
+                              backbone_options=backbone_options, **options)
 
 
 # ----------------------------------------------------------------------------- segmentation
@@ -311,7 +335,7 @@ class SegmentationTask(Task):
         train_ds = val_ds = None
         if val:
             paths = split_paths(self.root, d.val_split)
-            val_ds = CocoSemantic(paths.images, paths.annotations,
+            val_ds = _semantic_dataset(paths.images, paths.annotations,
                                   build_segmentation_transforms(False, eval_size=aug.eval_size),
                                   category_map=category_map, **labels, **self._data_policy(d.val_split))
             category_map = self.category_map = val_ds.category_map
@@ -323,7 +347,7 @@ class SegmentationTask(Task):
                 scale_range=tuple(aug.scale_range), flip_prob=aug.flip_prob, photometric=aug.photometric,
                 ignore_index=ignore,
             )
-            train_ds = CocoSemantic(paths.images, paths.annotations, transforms, category_map=category_map,
+            train_ds = _semantic_dataset(paths.images, paths.annotations, transforms, category_map=category_map,
                                     skip_empty=True, **labels, **self._data_policy(d.train_split))
             self.category_map = train_ds.category_map
             subset_ids(train_ds, d.max_train_images)
@@ -399,8 +423,9 @@ def build_segmentation_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
             f"model.backbone.output_stride={m.backbone.output_stride} differs from "
             f"model.output_stride={m.output_stride}; set only model.output_stride for DeepLab"
         )
-    return build_segmenter(m.kind, backbone=m.backbone.name, num_classes=num_classes + 1,
-                           output_stride=m.output_stride, aux=m.aux, **options, **m.options)
+    with _model_options_named():
+        return build_segmenter(m.kind, backbone=m.backbone.name, num_classes=num_classes + 1,
+                               output_stride=m.output_stride, aux=m.aux, **options, **m.options)
 
 
 def make_task(cfg: TrainConfig, root: Path) -> Task:

@@ -23,6 +23,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
 from backbones_tools import distributed as D
 from backbones_tools.config.loader import ConfigError, config_to_yaml
 from backbones_tools.config.schema import TrainConfig
@@ -50,10 +54,6 @@ from backbones_tools.engine.preemption import Preempted, StopSignals
 from backbones_tools.engine.preflight import run_preflight_once
 from backbones_tools.engine.schedule import build_scheduler
 from backbones_tools.engine.tasks import Task, _check_num_classes, make_task
-from torch import nn
-from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
-
 from heads import optimize_for_inference, use_gather_roi_align
 
 logger = logging.getLogger(__name__)
