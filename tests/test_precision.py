@@ -4,6 +4,7 @@ capabilities (patched, so both kinds of CPU are covered on either), and what a r
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pytest
 import torch
@@ -62,16 +63,29 @@ def test_explicit_settings_win_and_emulated_bf16_warns(native_bf16, caplog) -> N
 def test_cuda_auto_picks_bf16_or_fp16(monkeypatch) -> None:
     monkeypatch.setattr(P, "_cuda_name", lambda device: "Some GPU")
     cuda = torch.device("cuda", 0)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    asked: list[torch.device] = []
+    capability = {"value": (8, 0)}
+
+    def get_device_capability(device):
+        asked.append(device)
+        return capability["value"]
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", get_device_capability)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # true when emulated too
     p = P.choose_precision("auto", "auto", cuda)
     assert (p.amp, p.channels_last, p.record()["device_name"]) == ("bf16", True, "Some GPU")
-    assert "cpu_flags" not in p.record()
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert "cpu_flags" not in p.record() and asked == [cuda]
+    capability["value"] = (7, 0)  # V100 / T4: bf16 emulated, fp16 with a grad scaler instead
     assert P.choose_precision("auto", "auto", cuda).amp == "fp16"
 
 
 def test_real_cpu_flags_are_read() -> None:
     flags = P.cpu_flags()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        listed = {f for line in cpuinfo.read_text().splitlines()
+                  if line.split(":")[0].strip().lower() in ("flags", "features") for f in line.split(":", 1)[1].split()}
+        assert flags == tuple(f for f in P.RELEVANT_CPU_FLAGS if f in listed)
     assert set(flags) <= set(P.RELEVANT_CPU_FLAGS)
     if "avx512_bf16" in flags and not P.onednn_isa_cap():
         assert P.cpu_has_native_bf16()
