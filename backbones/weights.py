@@ -80,10 +80,14 @@ class LoadReport:
 def refused_for_objects(exc: BaseException, path: str | os.PathLike) -> bool:
     """Whether a safe load (``torch.load(..., weights_only=True)`` or the ``.pkl`` reader) refused
     ``path`` for holding Python objects other than tensors, rather than for being corrupt: both
-    raise ``UnpicklingError``, and only a refusal names what it refused (a truncated pickle says
-    "pickle data was truncated")."""
-    markers = ("Weights only load failed", "Unsupported global", "refusing to unpickle")
-    return isinstance(exc, pickle.UnpicklingError) and any(m in str(exc) for m in markers)
+    raise ``UnpicklingError``, but a refused file is a whole torch archive or pickle."""
+    if not isinstance(exc, pickle.UnpicklingError) or "truncated" in str(exc):
+        return False
+    if "global" in str(exc) or "refusing to unpickle" in str(exc):
+        return True
+    with open(path, "rb") as f:
+        head = f.read(1)
+    return zipfile.is_zipfile(path) or head == b"\x80"  # a torch archive, or a pickle (PROTO opcode)
 
 
 def pickled_objects_message(path: str | os.PathLike) -> str:

@@ -82,6 +82,10 @@ def test_detector_same_detections():
         backbone_options={"norm": "FrozenBN"}, box_score_thresh=0.0,
     )
     ref, fast = _optimized_pair(detector, heads.optimize_for_inference)
+    # the inference path was taken: fused trunk convs, the RoI-align as a gather
+    assert isinstance(fast.backbone.body.layer1[0].conv1, FusedConv2d)
+    assert isinstance(fast.roi_heads.box_roi_pool, heads.GatherMultiScaleRoIAlign)
+    assert type(ref.roi_heads.box_roi_pool).__name__ == "MultiScaleRoIAlign"
     images = [torch.rand(3, 160, 128), torch.rand(3, 144, 160)]
     with torch.inference_mode():
         expected, got = ref(images), fast(images)
@@ -230,6 +234,10 @@ def test_detectors_go_through_heads():
         heads.optimize_for_inference(detector, fold=False)
     plain = heads.optimize_for_inference(detector, fold=False, fuse=False, fast_roi_align=False)
     assert isinstance(plain.backbone.body.bn1, nn.BatchNorm2d) and not plain.training
+    two_stage = build_detector("faster_rcnn", backbone="resnet18", num_classes=3)
+    kept = heads.optimize_for_inference(two_stage, inplace=False, fast_roi_align=False).roi_heads.box_roi_pool
+    swapped = heads.optimize_for_inference(two_stage, inplace=False).roi_heads.box_roi_pool
+    assert type(kept) is MultiScaleRoIAlign and isinstance(swapped, heads.GatherMultiScaleRoIAlign)
 
 
 def test_unrequested_stages_cost_nothing():

@@ -20,6 +20,7 @@ if __package__ in (None, ""):  # run as a file (python tools/x.py): tools/ itsel
 from backbones_tools.cli_args import add_checkpoint_source, add_debug, add_split_source  # noqa: E402
 from backbones_tools.data import CategoryMap, CocoFormatError, read_json  # noqa: E402
 from backbones_tools.evaluation import BACKENDS, STAT_NAMES, CocoEvaluator, format_table  # noqa: E402
+from backbones_tools.errors import debug_requested, run_cli  # noqa: E402
 from backbones_tools.files import atomic_write_json, json_safe  # noqa: E402
 
 
@@ -99,16 +100,20 @@ def main(argv: list[str] | None = None) -> int:
         return evaluate_checkpoint_args(args)
     if not args.gt or not args.results:
         parser.error("give --gt and --results (a results JSON), or --checkpoint (a trained model)")
-    try:
-        metrics = evaluate_results_file(args.gt, args.results, args.iou_type, args.backend,
-                                        strict=not args.lenient)
-    except (FileNotFoundError, CocoFormatError, ValueError, ImportError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(metrics["table"])
-    if args.out:
-        _write_json(args.out, metrics)
-    return 0
+
+    def results_mode() -> int:
+        try:
+            metrics = evaluate_results_file(args.gt, args.results, args.iou_type, args.backend,
+                                            strict=not args.lenient)
+        except ImportError as exc:  # the chosen backend is not installed; the message says what to install
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(metrics["table"])
+        if args.out:
+            _write_json(args.out, metrics)
+        return 0
+
+    return run_cli(results_mode, debug=args.debug or debug_requested([]))
 
 
 if __name__ == "__main__":

@@ -7,12 +7,15 @@ Python process (imports, JSON parsing, validation, evaluate, accumulate, summari
 - ``plain``: ``COCO(gt)``, ``loadRes``, ``COCOeval`` evaluate/accumulate/summarize (pycocotools);
 - ``cli-pycocotools`` and ``cli-faster_coco_eval``: ``python tools/eval_coco.py --gt ... --results ...``.
 
+Then each reports its 12 stats once more, and the largest difference from the script's is printed.
+
     python tools/measure_eval_speed.py [--images 5000] [--detections 50000] [--rounds 3] [--dir eval_speed]
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import random
 import statistics
@@ -23,7 +26,8 @@ from pathlib import Path
 
 PLAIN = ("import sys\nfrom pycocotools.coco import COCO\nfrom pycocotools.cocoeval import COCOeval\n"
          "gt = COCO(sys.argv[1]); dt = gt.loadRes(sys.argv[2]); e = COCOeval(gt, dt, 'bbox')\n"
-         "e.evaluate(); e.accumulate(); e.summarize()\n")
+         "e.evaluate(); e.accumulate(); e.summarize()\n"
+         "if len(sys.argv) > 3: open(sys.argv[3], 'w').write(repr([float(v) for v in e.stats]))\n")
 
 
 def write_synthetic_set(folder: Path, num_images: int, num_detections: int, seed: int = 0) -> tuple[Path, Path]:
@@ -50,6 +54,12 @@ def write_synthetic_set(folder: Path, num_images: int, num_detections: int, seed
     return gt, res
 
 
+def _stats(cmd: list[str], out: Path, plain: bool) -> list[float]:
+    """The 12 COCO stats a contender reports (the plain script's, or the CLI's ``--out`` JSON)."""
+    subprocess.run([*cmd, str(out)] if plain else [*cmd, "--out", str(out)], check=True, stdout=subprocess.DEVNULL)
+    return ast.literal_eval(out.read_text()) if plain else json.loads(out.read_text())["stats"]
+
+
 def _seconds(cmd: list[str]) -> float:
     start = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
@@ -74,11 +84,15 @@ def main(argv: list[str] | None = None) -> int:
         for name, cmd in contenders.items():
             times[name].append(_seconds(cmd))
     plain = statistics.median(times["plain pycocotools script"])
+    stats = {name: _stats(cmd, args.dir / f"stats_{i}.json", plain=i == 0)
+             for i, (name, cmd) in enumerate(contenders.items())}
+    reference = stats["plain pycocotools script"]
     print(f"{args.images} images, {args.detections} detections, {args.rounds} rounds in turns (seconds)")
     for name, values in times.items():
         median = statistics.median(values)
         print(f"  {name:<40} median {median:6.2f}  ({', '.join(f'{v:.2f}' for v in values)})  "
-              f"{plain / median:.2f}x the plain script")
+              f"{plain / median:.2f}x the plain script; stats within "
+              f"{max(abs(a - b) for a, b in zip(stats[name], reference)):.1e} of the script's")
     return 0
 
 

@@ -83,7 +83,8 @@ def test_curves_drop_what_a_resume_replays_and_the_pause(tmp_path: Path) -> None
         {"type": "train", "global_iter": 3, "loss": 0.5, "lr": 0.1, "time": 1106.0},
         {"type": "eval", "global_iter": 4, "bbox/AP": 0.4, "time": 1108.0},
     ]
-    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines) + '{"type": "tr')
+    # a line that is JSON but not a record, and one cut mid-write, are skipped
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines) + '5\n{"type": "tr')
     run = load_run(tmp_path)
     assert [(r["global_iter"], r["loss"]) for r in run.train] == [(1, 1.0), (2, 0.5), (3, 0.5)]
     assert [(e["global_iter"], e["bbox/AP"]) for e in run.evals] == [(2, 0.2), (4, 0.4)]

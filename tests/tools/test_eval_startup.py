@@ -12,7 +12,10 @@ REPO = Path(__file__).resolve().parents[2]
 PROBE = """
 import sys
 from backbones_tools import eval_coco
-status = eval_coco.main(sys.argv[1:])
+try:
+    status = eval_coco.main(sys.argv[1:])
+except SystemExit as stop:  # --help
+    status = stop.code
 heavy = sorted(m for m in ("torch", "albumentations", "cv2", "torchvision") if m in sys.modules)
 print("HEAVY", heavy, "STATUS", status)
 """
@@ -34,6 +37,8 @@ def test_results_mode_and_help_import_no_torch(tmp_path: Path) -> None:
     (tmp_path / "res.json").write_text(json.dumps(results))
     out = _run("--gt", str(tmp_path / "gt.json"), "--results", str(tmp_path / "res.json"))
     assert "AP=100.00" in out and "HEAVY [] STATUS 0" in out
+    help_out = _run("--help")
+    assert "--checkpoint" in help_out and "HEAVY [] STATUS 0" in help_out
     help_run = subprocess.run([sys.executable, "tools/eval_coco.py", "--help"], cwd=REPO, capture_output=True,
                               text=True, timeout=120)
     assert help_run.returncode == 0 and "--checkpoint" in help_run.stdout

@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from backbones_tools.analysis import AnalysisError
-from backbones_tools.engine.metrics import read_jsonl
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from backbones_tools.analysis import AnalysisError
 
 logger = logging.getLogger(__name__)
 
@@ -63,18 +63,20 @@ def _number(value: Any) -> float | None:
 
 
 def _read_records(path: Path) -> list[dict[str, Any]]:
-    """All records; a line that is not JSON (a run killed mid-write) is skipped with a warning."""
-    try:
-        return read_jsonl(path)
-    except json.JSONDecodeError:
-        records, bad = [], 0
-        for line in filter(str.strip, path.read_text(encoding="utf-8").splitlines()):
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                bad += 1
-        logger.warning("%s: skipped %d line(s) that are not JSON", path, bad)
-        return records
+    """All records; a line that is not a JSON object (a run killed mid-write) is skipped with a warning."""
+    records, bad = [], 0
+    for line in filter(str.strip, path.read_text(encoding="utf-8").splitlines()):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if isinstance(record, dict):
+            records.append(record)
+        else:
+            bad += 1
+    if bad:
+        logger.warning("%s: skipped %d line(s) that are not JSON objects", path, bad)
+    return records
 
 
 def load_run(folder: str | os.PathLike[str], name: str | None = None) -> RunLog:
