@@ -235,15 +235,15 @@ def test_the_meta_test_catches_a_new_field() -> None:
 
 
 @pytest.fixture(scope="module")
-def det_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("fields_det")
+def det_root(module_tmp) -> Path:
+    root = module_tmp("fields_det")
     make_shapes_dataset(root, **DET_SHAPES)
     return root
 
 
 @pytest.fixture(scope="module")
-def seg_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("fields_seg")
+def seg_root(module_tmp) -> Path:
+    root = module_tmp("fields_seg")
     make_shapes_dataset(root, **SEG_SHAPES)
     return root
 
@@ -287,9 +287,9 @@ def content_extent(mask: torch.Tensor, pad: int) -> tuple[int, int]:
 
 
 @pytest.fixture(scope="module")
-def det_trainer(det_root: Path, tmp_path_factory) -> Trainer:
+def det_trainer(det_root: Path, module_tmp) -> Trainer:
     """The tiny detection run, constructed (not trained); tests only read it."""
-    return Trainer(det_cfg(det_root), tmp_path_factory.mktemp("det_trainer"))
+    return Trainer(det_cfg(det_root), module_tmp("det_trainer"))
 
 
 # ============================================================================= top level
@@ -944,7 +944,7 @@ def test_grad_norm_per_stage_logs_the_stage_norms(det_root: Path, tmp_path: Path
 
 
 @pytest.fixture(scope="module")
-def fit_run(det_root: Path, tmp_path_factory):
+def fit_run(det_root: Path, module_tmp):
     """``run(*overrides)``: a short fit (4 training images, 2 iterations an epoch, 2 epochs) with the
     evaluation and checkpoint writes stubbed out and recorded; cached per overrides."""
     cache: dict[tuple[str, ...], SimpleNamespace] = {}
@@ -953,7 +953,7 @@ def fit_run(det_root: Path, tmp_path_factory):
         if extra not in cache:
             cfg = det_cfg(det_root, "data.max_train_images=4", "train.checkpoint_every_iters=null",
                           "eval.visualize=0", *extra, epochs=2)
-            out = tmp_path_factory.mktemp("fit")
+            out = module_tmp("fit")
             trainer = Trainer(cfg, out)
             evaluated: list[tuple[int, int]] = []
             saved: list[tuple[int, tuple[str, ...]]] = []

@@ -27,8 +27,8 @@ TRAIN_DET = str(REPO / "tools" / "train_det.py")
 
 
 @pytest.fixture(scope="module")
-def shapes_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("shapes_stop")
+def shapes_root(module_tmp) -> Path:
+    root = module_tmp("shapes_stop")
     make_shapes_dataset(root, **SHAPES)
     return root
 

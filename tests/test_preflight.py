@@ -21,8 +21,8 @@ from tests.test_train_det import DEMO, SHAPES, tiny_overrides
 
 
 @pytest.fixture(scope="module")
-def clean_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("shapes_preflight")
+def clean_root(module_tmp) -> Path:
+    root = module_tmp("shapes_preflight")
     make_shapes_dataset(root, **SHAPES)
     return root
 

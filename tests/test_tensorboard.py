@@ -19,8 +19,8 @@ pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:Depreca
 
 
 @pytest.fixture(scope="module")
-def shapes_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("shapes_tb")
+def shapes_root(module_tmp) -> Path:
+    root = module_tmp("shapes_tb")
     make_shapes_dataset(root, **SHAPES)
     return root
 

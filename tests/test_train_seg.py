@@ -33,8 +33,8 @@ def tiny_overrides(root: Path, epochs: int = 2) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def shapes_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("shapes_seg")
+def shapes_root(module_tmp) -> Path:
+    root = module_tmp("shapes_seg")
     make_shapes_dataset(root, **SHAPES)
     return root
 

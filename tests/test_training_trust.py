@@ -25,16 +25,16 @@ from tests.test_train_seg import tiny_overrides as seg_overrides
 
 
 @pytest.fixture(scope="module")
-def shapes_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("shapes_trust")
+def shapes_root(module_tmp) -> Path:
+    root = module_tmp("shapes_trust")
     make_shapes_dataset(root, **SHAPES)
     return root
 
 
 @pytest.fixture(scope="module")
-def det_run(shapes_root: Path, tmp_path_factory) -> Path:
+def det_run(shapes_root: Path, module_tmp) -> Path:
     """A finished tiny detection run (its best.pth initialises trunks below)."""
-    out = tmp_path_factory.mktemp("det_run")
+    out = module_tmp("det_run")
     train(load_config(DET_DEMO, det_overrides(shapes_root, epochs=1)), out)
     return out
 

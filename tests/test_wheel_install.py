@@ -50,9 +50,9 @@ def _not_sources(folder: str, names: list[str]) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory) -> tuple[Path, Path, dict[str, str]]:
+def installed(module_tmp) -> tuple[Path, Path, dict[str, str]]:
     """(venv python, the user's project folder, the environment to run in)."""
-    tmp = tmp_path_factory.mktemp("wheel")
+    tmp = module_tmp("wheel")
     source = tmp / "source"
     shutil.copytree(REPO, source, ignore=_not_sources)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}

@@ -31,19 +31,19 @@ pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:Depreca
 
 
 @pytest.fixture(scope="module")
-def det_run(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("shapes_det")
+def det_run(module_tmp) -> Path:
+    root = module_tmp("shapes_det")
     make_shapes_dataset(root, **DET_SHAPES)
-    out = tmp_path_factory.mktemp("runs") / "det_tiny"
+    out = module_tmp("runs") / "det_tiny"
     train(load_config(DET_DEMO, det_overrides(root, epochs=2)), out)
     return out
 
 
 @pytest.fixture(scope="module")
-def seg_run(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("shapes_seg")
+def seg_run(module_tmp) -> Path:
+    root = module_tmp("shapes_seg")
     make_shapes_dataset(root, **SEG_SHAPES)
-    out = tmp_path_factory.mktemp("runs") / "seg_tiny"
+    out = module_tmp("runs") / "seg_tiny"
     train(load_config(SEG_DEMO, seg_overrides(root, epochs=1)), out)
     return out
 

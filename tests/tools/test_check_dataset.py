@@ -26,8 +26,8 @@ pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:Depreca
 
 
 @pytest.fixture(scope="module")
-def clean_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("clean_shapes")
+def clean_root(module_tmp) -> Path:
+    root = module_tmp("clean_shapes")
     make_shapes_dataset(root, **SHAPES)
     return root
 

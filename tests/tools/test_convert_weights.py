@@ -106,7 +106,7 @@ def test_mmdet_deep_stem_checkpoint(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def det_run(tmp_path_factory) -> Path:
+def det_run(module_tmp) -> Path:
     """A tiny Faster R-CNN R18 run (as tests/test_train_det.py trains it), one epoch."""
     from backbones_tools.config import load_config
     from backbones_tools.data import make_shapes_dataset
@@ -114,7 +114,7 @@ def det_run(tmp_path_factory) -> Path:
 
     from tests.test_train_det import DEMO, SHAPES, tiny_overrides
 
-    root = tmp_path_factory.mktemp("shapes_det_convert")
+    root = module_tmp("shapes_det_convert")
     make_shapes_dataset(root, **SHAPES)
     train(load_config(DEMO, tiny_overrides(root, epochs=1)), root / "run")
     return root / "run" / "best.pth"

@@ -112,7 +112,7 @@ def test_dynamo_exporter(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def seg_checkpoint(tmp_path_factory) -> Path:
+def seg_checkpoint(module_tmp) -> Path:
     """A tiny DeepLabV3+ R18 trained one epoch on 64-px shapes (as tests/test_train_seg.py does)."""
     from backbones_tools.config import load_config
     from backbones_tools.data import make_shapes_dataset
@@ -120,7 +120,7 @@ def seg_checkpoint(tmp_path_factory) -> Path:
 
     from tests.test_train_seg import DEMO, SHAPES, tiny_overrides
 
-    root = tmp_path_factory.mktemp("shapes_seg_onnx")
+    root = module_tmp("shapes_seg_onnx")
     make_shapes_dataset(root, **SHAPES)
     out = root / "run"
     train(load_config(DEMO, tiny_overrides(root, epochs=1)), out)
@@ -128,7 +128,7 @@ def seg_checkpoint(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def det_checkpoint(tmp_path_factory) -> Path:
+def det_checkpoint(module_tmp) -> Path:
     """A tiny Faster R-CNN R18 (16-channel FPN, min_size 64) trained one epoch on 64-px shapes."""
     from backbones_tools.config import load_config
     from backbones_tools.data import make_shapes_dataset
@@ -136,7 +136,7 @@ def det_checkpoint(tmp_path_factory) -> Path:
 
     from tests.test_train_det import DEMO, SHAPES, tiny_overrides
 
-    root = tmp_path_factory.mktemp("shapes_det_onnx")
+    root = module_tmp("shapes_det_onnx")
     make_shapes_dataset(root, **SHAPES)
     out = root / "run"
     train(load_config(DEMO, tiny_overrides(root, epochs=1)), out)

@@ -28,11 +28,11 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def det_run(tmp_path_factory) -> dict[str, Path]:
+def det_run(module_tmp) -> dict[str, Path]:
     """A tiny detector trained as tests/test_train_det.py trains it, for 5 epochs (20 iterations)
     and with ``box_score_thresh=0`` so that its AP is above 0 (after 1 epoch every AP is 0, and
     an equal AP of 0 would prove nothing); evaluated once, after the last epoch."""
-    root = tmp_path_factory.mktemp("shapes_predict")
+    root = module_tmp("shapes_predict")
     make_shapes_dataset(root, **det_demo.SHAPES)
     out = root / "run"
     cfg = load_config(det_demo.DEMO, det_demo.tiny_overrides(root, epochs=5) + [
