@@ -13,7 +13,7 @@ from backbones import create_backbone
 from backbones_tools.bench.config import BenchConfig, load_bench_config, validate_bench_config
 from backbones_tools.bench.measure import count_gmacs, summarize
 from backbones_tools.bench.report import markdown_table
-from backbones_tools.bench.runner import expand_rows, run_benchmark
+from backbones_tools.bench.runner import expand_rows, row_request, run_benchmark
 from backbones_tools.config.loader import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,6 +74,17 @@ def _config(**overrides) -> dict:
 def test_bad_config_is_a_clear_error(overrides: dict, message: str):
     with pytest.raises(ConfigError, match=message):
         validate_bench_config(_config(**overrides), "test.yaml")
+
+
+def test_every_shipped_row_reaches_its_worker_process_as_configured():
+    """An isolated row sends its config to a fresh process, which validates it again: it must come out
+    equal (the runtime peers of runtimes_cpu.yaml once failed there, their defaults sent as if set)."""
+    for path in sorted((REPO / "configs" / "bench").glob("[!_]*.yaml")):
+        config = load_bench_config(path)
+        for row in expand_rows(config):
+            request = json.loads(json.dumps(row_request(config, row)))
+            assert BenchConfig.model_validate(request["config"]) == config, path.name
+            assert (request["model_index"], request["size"], request["batch"]) == (row.model_index, row.size, row.batch)
 
 
 def test_shipped_configs_load():

@@ -45,12 +45,19 @@ def _subprocess_env(config: BenchConfig) -> dict[str, str]:
     return env
 
 
+def row_request(config: BenchConfig, row: Row) -> dict[str, Any]:
+    """What the worker process reads: the config as it was given (fields set, defaults left out,
+    so that it validates again as it did here: a runtime peer refuses an explicit ``name``), and
+    the row."""
+    return {"config": config.model_dump(mode="json", exclude_unset=True), "model_index": row.model_index,
+            "size": row.size, "batch": row.batch}
+
+
 def run_row_subprocess(config: BenchConfig, row: Row) -> dict[str, Any]:
     """Measure ``row`` in a fresh Python process; a crash, kill or timeout becomes an error record."""
     from backbones_tools.bench.worker import RESULT_PREFIX, error_record
 
-    request = json.dumps({"config": config.model_dump(mode="json"), "model_index": row.model_index,
-                          "size": row.size, "batch": row.batch})
+    request = json.dumps(row_request(config, row))
     try:
         proc = subprocess.run(
             [sys.executable, "-m", "backbones_tools.bench.worker"],
