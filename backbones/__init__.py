@@ -4,14 +4,16 @@
 ``{tap: feature_map}`` with known channels and strides (``feature_info``); ``list_backbones()``
 names the variants; ``load_weights`` loads torchvision, timm, official Res2Net, detectron2 and
 MMDetection checkpoints; ``optimize_for_inference`` folds the norms into the convolutions and fuses
-ReLUs and residual adds for fast inference (detectors: ``heads.optimize_for_inference``). The
+ReLUs and residual adds for fast inference (detectors: ``heads.optimize_for_inference``), and
+``keep_freed_memory`` stops the CPU allocator from faulting every activation in again. The
 private torch APIs this relies on are in ``backbones.compat``.
 """
 
 from .blocks import BasicBlock, Bottle2neck, Bottleneck
 from .converters import FORMATS as WEIGHT_FORMATS
+from .cpu_memory import keep_freed_memory
 from .fpn import FPNBackbone, create_fpn_backbone
-from .inference import FusedConv2d, fold_batch_norms, optimize_for_inference
+from .inference import FusedConv2d, FusedStage, fold_batch_norms, optimize_for_inference
 from .trunk import TAPS, FeatureInfo, ResNet
 from .timm_models import register_timm_model, register_timm_models
 from .variants import OPTIONS, VARIANTS, UnknownBackboneError, create_backbone, get_variant, list_backbones
@@ -31,6 +33,7 @@ __all__ = [
     "Bottleneck",
     "FPNBackbone",
     "FusedConv2d",
+    "FusedStage",
     "FeatureInfo",
     "LoadReport",
     "OPTIONS",
@@ -46,6 +49,7 @@ __all__ = [
     "create_fpn_backbone",
     "fold_batch_norms",
     "get_variant",
+    "keep_freed_memory",
     "list_backbones",
     "load_matching",
     "load_weights",

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import StochasticDepth
 
+from .compat import forward_hooks_observe
 from .dcn import DeformConv3x3, conv3x3_geometry
 
 try:
@@ -138,12 +139,17 @@ class ResidualBlock(nn.Module):
         """The identity, or the projection ``downsample(x)``."""
         return x if self.downsample is None else self.downsample(x)
 
-    def add_shortcut(self, conv: nn.Module, norm: nn.Module, x: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
+    def add_shortcut(
+        self, conv: nn.Module, norm: nn.Module, x: torch.Tensor, shortcut: torch.Tensor, *, owns_input: bool = False
+    ) -> torch.Tensor:
         """The end of every block: ``relu(drop_path(norm(conv(x))) + shortcut)``. In a fused block
         ``conv`` is a ``FusedConv2d`` with ``norm`` folded in, which adds and applies the ReLU itself
-        (inference only: no stochastic depth)."""
+        (inference only: no stochastic depth), writing into ``shortcut`` when nothing else holds it:
+        a projection's fresh output, or the block's input when the caller says it owns it
+        (``owns_input``, from ``FusedStage``)."""
         if self.fused:
-            return conv(x, shortcut)
+            private = owns_input if self.downsample is None else not forward_hooks_observe(self.downsample)
+            return conv(x, shortcut, accumulate=private)
         out = self.drop_path(norm(conv(x)))
         out += shortcut  # in place, as torchvision: one fewer pass over memory
         return self.relu(out)
@@ -173,10 +179,10 @@ class BasicBlock(ResidualBlock):
         self.conv2 = conv3x3(planes, planes, dilation=self.dilation)
         self.bn2 = norm(planes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, *, owns_input: bool = False) -> torch.Tensor:
         shortcut = self.shortcut(x)
         out = self.relu(self.bn1(self.conv1(x)))
-        return self.add_shortcut(self.conv2, self.bn2, out, shortcut)
+        return self.add_shortcut(self.conv2, self.bn2, out, shortcut, owns_input=owns_input)
 
 
 class Bottleneck(ResidualBlock):
@@ -205,11 +211,11 @@ class Bottleneck(ResidualBlock):
         self.conv3 = conv1x1(width, planes * self.expansion)
         self.bn3 = norm(planes * self.expansion)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, *, owns_input: bool = False) -> torch.Tensor:
         shortcut = self.shortcut(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
-        return self.add_shortcut(self.conv3, self.bn3, out, shortcut)
+        return self.add_shortcut(self.conv3, self.bn3, out, shortcut, owns_input=owns_input)
 
 
 class Bottle2neck(ResidualBlock):
@@ -245,7 +251,7 @@ class Bottle2neck(ResidualBlock):
         self.conv3 = conv1x1(self.width * scale, planes * self.expansion)
         self.bn3 = norm(planes * self.expansion)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, *, owns_input: bool = False) -> torch.Tensor:
         shortcut = self.shortcut(x)
         out = self.relu(self.bn1(self.conv1(x)))
         splits = torch.split(out, self.width, dim=1)
@@ -258,7 +264,7 @@ class Bottle2neck(ResidualBlock):
         if self.scale > 1:
             outputs.append(self.pool(splits[-1]) if self.pool is not None else splits[-1])
         merged = concat_splits(outputs, out) if self.fused else torch.cat(outputs, dim=1)
-        return self.add_shortcut(self.conv3, self.bn3, merged, shortcut)
+        return self.add_shortcut(self.conv3, self.bn3, merged, shortcut, owns_input=owns_input)
 
 
 def concat_splits(parts: Sequence[torch.Tensor], source: torch.Tensor) -> torch.Tensor:

@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from backbones import create_backbone
+from backbones.cpu_memory import _glibc
 from backbones_tools.bench.config import BenchConfig, load_bench_config, validate_bench_config
 from backbones_tools.bench.measure import count_gmacs, summarize
-from backbones_tools.bench.report import markdown_table
+from backbones_tools.bench.report import hardware_lines, markdown_table
 from backbones_tools.bench.runner import expand_rows, row_request, run_benchmark
 from backbones_tools.config.loader import ConfigError
 
@@ -144,6 +145,8 @@ def test_end_to_end_with_a_failing_row(tmp_path: Path):
     assert ok["latency_min_ms"] <= ok["latency_p10_ms"] <= ok["latency_ms"] <= ok["latency_p90_ms"]
     assert ok["peak_mem_mb"] > 0 and ok["ratio_best"] > 0
     assert broken["status"] == "error" and "output_stride" in broken["error"]
+    kept = "malloc keeps freed memory" if _glibc() else "default"  # keep_freed_memory: true by default
+    assert ok["allocator"] == kept
 
     with open(out / "results.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -151,6 +154,15 @@ def test_end_to_end_with_a_failing_row(tmp_path: Path):
     assert (out / "throughput_vs_gmacs.png").stat().st_size > 1000
     table = (out / "results.md").read_text()
     assert "| resnet18 | 48 | 1 | inference |" in table and "FAILED: ValueError" in table
+    assert f"threads, {kept})" in table.splitlines()[0]
+
+
+def test_the_allocator_setting_can_be_left_alone():
+    config = BenchConfig.model_validate(_config(isolate=False, keep_freed_memory=False, repeats=1, models=[
+        {"model": "resnet18", "options": {"out_features": ["c2"]}}], input_sizes=[32]))
+    (record,) = run_benchmark(config, progress=False)
+    assert record["status"] == "ok" and record["allocator"] == "default"
+    assert hardware_lines([record])[0].endswith("threads, default)")
 
 
 def test_train_step_in_process():

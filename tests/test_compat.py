@@ -56,6 +56,64 @@ def test_mkldnn_convolution_pointwise(relu: bool, with_residual: bool):
     )
 
 
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
+@pytest.mark.parametrize("relu", [False, True])
+def test_mkldnn_convolution_pointwise_inplace(relu: bool):
+    api = "torch.ops.mkldnn._convolution_pointwise_.binary"
+    assert backbones_compat._ONEDNN_POINTWISE_INPLACE is not None, _broken(
+        api, "is missing", "backbones/compat.py (the residual add now writes a new tensor: slower, same result)")
+    gen = torch.Generator().manual_seed(1)
+    x, weight, bias = torch.randn(2, 8, 7, 7, generator=gen), torch.randn(16, 8, 1, 1, generator=gen), torch.randn(16)
+    residual = torch.randn(2, 16, 7, 7, generator=gen)
+    expected = F.conv2d(x, weight, bias) + residual
+    expected = F.relu(expected) if relu else expected
+    with torch.no_grad():
+        got = backbones_compat.onednn_conv_pointwise(
+            x, weight, bias, padding=(0, 0), stride=(1, 1), dilation=(1, 1), groups=1, relu=relu, residual=residual,
+            accumulate=True,
+        )
+    assert got.data_ptr() == residual.data_ptr(), _broken(api, "no longer writes into its first argument",
+                                                         "backbones/compat.py")
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5,
+                               msg=lambda m: _broken(api, f"no longer computes act(conv + bias + other) ({m})",
+                                                     "backbones/compat.py"))
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
+def test_mkldnn_reorder_convolution_weight():
+    api = "torch.ops.mkldnn._reorder_convolution_weight"
+    assert hasattr(torch.ops.mkldnn, "_reorder_convolution_weight"), _broken(
+        api, "is missing", "backbones/compat.py (FusedConv2d now reorders its weight on every call: slower)")
+    gen = torch.Generator().manual_seed(2)
+    x, weight = torch.randn(2, 8, 9, 9, generator=gen), torch.randn(12, 4, 3, 3, generator=gen)
+    packed = backbones_compat.onednn_prepack_weight(weight, padding=(1, 1), stride=(1, 1), dilation=(1, 1), groups=2,
+                                                    input_shape=x.shape)
+    assert packed.is_mkldnn and torch.equal(packed.to_dense(), weight), _broken(api, "no longer keeps the values",
+                                                                                "backbones/compat.py")
+    with torch.no_grad():
+        got = backbones_compat.onednn_conv_pointwise(x, packed, None, padding=(1, 1), stride=(1, 1), dilation=(1, 1),
+                                                     groups=2, relu=False)
+    torch.testing.assert_close(got, F.conv2d(x, weight, padding=1, groups=2), rtol=1e-5, atol=1e-5,
+                               msg=lambda m: _broken(api, f"output is not taken by the convolution ({m})",
+                                                     "backbones/compat.py"))
+
+
+def test_forward_hooks_observe():
+    api = "torch.nn.modules.module._global_forward_hooks"
+    block = nn.Sequential(nn.Conv2d(2, 2, 1), nn.ReLU())
+    assert not backbones_compat.forward_hooks_observe(block), _broken(api, "is missing or not a dict",
+                                                                       "backbones/compat.py (in-place residual adds off)")
+    handle = block[1].register_forward_hook(lambda *args: None)
+    assert backbones_compat.forward_hooks_observe(block)
+    handle.remove()
+    handle = nn.modules.module.register_module_forward_hook(lambda *args: None)
+    try:
+        assert backbones_compat.forward_hooks_observe(block), _broken(api, "no longer holds the global forward hooks",
+                                                                       "backbones/compat.py")
+    finally:
+        handle.remove()
+
+
 def test_batch_norm_base_class():
     api = "torch.nn.modules.batchnorm._BatchNorm"
     base = getattr(nn.modules.batchnorm, "_BatchNorm", None)

@@ -10,7 +10,16 @@ from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
 import heads
-from backbones import TAPS, FusedConv2d, create_backbone, create_fpn_backbone, fold_batch_norms, optimize_for_inference
+from backbones import (
+    TAPS,
+    FusedConv2d,
+    FusedStage,
+    create_backbone,
+    create_fpn_backbone,
+    fold_batch_norms,
+    optimize_for_inference,
+)
+from backbones.compat import has_onednn_pointwise
 from backbones.blocks import ResidualBlock
 from heads import build_detector, build_segmenter
 from tests.helpers import assert_close_rel, randomize_norms_
@@ -207,6 +216,72 @@ def test_fused_conv_autograd_fallback():
     torch.testing.assert_close(grad, x.grad)
     with torch.no_grad():
         torch.testing.assert_close(fused(x, skip), torch.relu(conv(x) + skip), rtol=1e-5, atol=1e-5)
+
+
+def _relu_conv_plus(conv: nn.Conv2d, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+    return torch.relu(conv(x) + skip)
+
+
+@pytest.mark.skipif(not has_onednn_pointwise(), reason="needs torch's oneDNN convolution op")
+def test_fused_conv_accumulates_into_the_residual_it_is_given():
+    conv = nn.Conv2d(8, 16, 1)
+    fused = FusedConv2d.from_conv(conv, relu=True).eval()
+    x = torch.randn(2, 8, 6, 6).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        skip = torch.randn(2, 16, 6, 6).contiguous(memory_format=torch.channels_last)
+        expected = _relu_conv_plus(conv, x, skip)
+        kept = skip.clone()
+        out = fused(x, kept)  # not asked: a new tensor, the residual untouched
+        assert out.data_ptr() != kept.data_ptr() and torch.equal(kept, skip)
+        out = fused(x, kept, accumulate=True)
+        assert out.data_ptr() == kept.data_ptr()  # written into the residual
+        assert_close_rel(out, expected, rtol=1e-5, what="accumulated")
+        view = torch.randn(2, 32, 6, 6).contiguous(memory_format=torch.channels_last)[:, :16]
+        before = view.clone()
+        out = fused(x, view, accumulate=True)  # a view of another tensor is never written into
+        assert torch.equal(view, before)
+        assert_close_rel(out, _relu_conv_plus(conv, x, before), rtol=1e-5, what="view residual")
+
+
+@pytest.mark.skipif(not has_onednn_pointwise(), reason="needs torch's oneDNN convolution op")
+def test_stage_blocks_write_into_their_input_unless_a_hook_may_keep_it():
+    ref, fast = _optimized_pair(create_backbone("resnet50", out_features=("c3",)))
+    stage = fast.layer1
+    assert type(stage) is FusedStage and type(fast.layer2) is FusedStage
+    x = torch.randn(2, 64, 16, 16).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        first = stage[0](x)
+        second = stage[1](first, owns_input=True)
+        assert second.data_ptr() == first.data_ptr()  # the first block's output became the second's
+        kept = {}
+        handle = stage[0].register_forward_hook(lambda m, i, o: kept.setdefault("out", o))
+        out = stage(x)
+        handle.remove()
+        assert_close_rel(kept["out"], ref.layer1[0](x), rtol=1e-5, what="hooked block output, left intact")
+        assert_close_rel(out, ref.layer1(x), rtol=1e-5, what="stage output")
+    assert set(fast.state_dict()) >= {"layer1.0.conv1.weight", "layer1.2.conv3.bias"}
+
+
+@pytest.mark.skipif(not has_onednn_pointwise(), reason="needs torch's oneDNN convolution op")
+def test_packed_weight_follows_the_weight():
+    conv = nn.Conv2d(8, 16, 3, padding=1)
+    fused = FusedConv2d.from_conv(conv).eval()
+    x = torch.randn(2, 8, 10, 10).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        assert_close_rel(fused(x), conv(x), rtol=1e-5, what="first call")
+        packed = fused._packed[1]
+        assert packed.is_mkldnn and fused(x) is not None and fused._packed[1] is packed  # packed once
+        conv.weight.mul_(-2.0)  # shared weight changed in place: repacked
+        assert_close_rel(fused(x), conv(x), rtol=1e-5, what="after an in-place change")
+    conv.weight = nn.Parameter(torch.randn_like(conv.weight))
+    fused.weight = conv.weight  # replaced: repacked
+    with torch.inference_mode():
+        assert_close_rel(fused(x), conv(x), rtol=1e-5, what="after a new weight")
+        copied = copy.deepcopy(fused)
+        assert copied._packed is None and fused._packed is not None
+        assert_close_rel(copied(x), conv(x), rtol=1e-5, what="a copy")
+        other = torch.randn(1, 8, 7, 5)  # another input shape than the one packed for
+        assert_close_rel(fused(other), conv(other), rtol=1e-5, what="another input shape")
 
 
 def test_bad_input():

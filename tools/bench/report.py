@@ -12,7 +12,7 @@ from backbones_tools.bench.config import RUNTIME_SOURCES
 #: Scalar columns of results.csv, in order (results.json also has the per-peer list ``peers``).
 CSV_FIELDS = (
     "model", "type", "input_size", "batch", "mode", "dtype", "amp", "memory_format", "device", "hardware", "optimized",
-    "compiled", "threads", "params", "gmacs", "latency_ms", "latency_p10_ms", "latency_p90_ms", "latency_min_ms",
+    "compiled", "threads", "allocator", "params", "gmacs", "latency_ms", "latency_p10_ms", "latency_p90_ms", "latency_min_ms",
     "throughput", "peak_mem_mb", "peer", "peer_throughput", "peer_latency_ms", "peer_gmacs", "ratio", "ratio_best",
     "status", "error",
 )
@@ -41,13 +41,14 @@ def _measured(r: dict[str, Any]) -> bool:
 
 
 def hardware_lines(records: Sequence[dict[str, Any]]) -> list[str]:
-    """What the figures were measured on: one line per distinct (hardware, device, threads)."""
+    """What the figures were measured on: one line per distinct (hardware, device, threads, allocator)."""
     seen = []
     for r in records:
-        key = (r.get("hardware"), r.get("device"), r.get("threads"))
+        key = (r.get("hardware"), r.get("device"), r.get("threads"), r.get("allocator"))
         if key[0] and key not in seen:
             seen.append(key)
-    return [f"Measured on {hw} ({device}, {threads} threads)" for hw, device, threads in seen]
+    return [f"Measured on {hw} ({device}, {threads} threads" + (f", {alloc})" if alloc else ")")
+            for hw, device, threads, alloc in seen]
 
 
 def main_table(records: Sequence[dict[str, Any]]) -> str:

@@ -30,6 +30,7 @@ from backbones_tools.bench.measure import (
 )
 from backbones_tools.bench.models import DTYPES, build_ours, build_peer, make_inputs, make_step, share_weights
 from backbones_tools.bench.runtimes import version
+from backbones import keep_freed_memory
 from heads import use_gather_roi_align
 
 RESULT_PREFIX = "BENCH_RESULT "
@@ -53,6 +54,7 @@ def base_record(config: BenchConfig, spec: ModelSpec, size: int, batch: int) -> 
         "optimized": spec.optimize and mode == "inference",
         "compiled": spec.compile,
         "threads": None,
+        "allocator": None,
         "params": None,
         "gmacs": None,
         "latency_ms": None,
@@ -179,7 +181,8 @@ def _setup_row(config: BenchConfig, spec: ModelSpec, size: int, batch: int) -> _
         torch.set_num_threads(config.threads)
     threads = torch.get_num_threads()
     device, dtype = torch.device(config.device), DTYPES[config.dtype]
-    record.update(threads=threads, hardware=hardware(device))
+    kept = device.type == "cpu" and config.keep_freed_memory and keep_freed_memory()
+    record.update(threads=threads, hardware=hardware(device), allocator="malloc keeps freed memory" if kept else "default")
     if mode == "train_step":  # the training tool's decisions (tools/engine/precision.py), amp as the row says
         from backbones_tools.engine.precision import choose_precision
 
