@@ -84,6 +84,28 @@ def onednn_prepack_weight(
     return reorder(weight, list(padding), list(stride), list(dilation), groups, list(input_shape))
 
 
+def _find_onednn_linear():
+    try:  # oneDNN inner product (CPU builds)
+        op = torch.ops.mkldnn._linear_pointwise
+        return op if hasattr(op, "default") else None
+    except (AttributeError, RuntimeError):
+        return None
+
+
+_ONEDNN_LINEAR = _find_onednn_linear()
+
+
+def has_onednn_linear() -> bool:
+    """Whether :func:`onednn_linear` can run (torch built with oneDNN and the op present)."""
+    return _ONEDNN_LINEAR is not None and torch.backends.mkldnn.is_available()
+
+
+def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``F.linear`` as oneDNN's inner product (``torch.ops.mkldnn._linear_pointwise``; fp32 CPU
+    tensors, no autograd). Callers check :func:`has_onednn_linear` first."""
+    return _ONEDNN_LINEAR(x, weight, bias, "none", [], "")
+
+
 def forward_hooks_observe(module: nn.Module) -> bool:
     """Whether a forward hook could keep the output of ``module`` or of a module inside it (its own
     hooks, or hooks registered for every module with ``register_module_forward_hook``)."""

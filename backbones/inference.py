@@ -36,9 +36,11 @@ from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign
 from .blocks import BasicBlock, Bottle2neck, Bottleneck, ResidualBlock
 from .compat import (
     forward_hooks_observe,
+    has_onednn_linear,
     has_onednn_pointwise,
     named_child_slots,
     onednn_conv_pointwise,
+    onednn_linear,
     onednn_prepack_weight,
 )
 from .trunk import ResNet
@@ -46,6 +48,7 @@ from .trunk import ResNet
 __all__ = [
     "FusedConv2d",
     "FusedStage",
+    "OneDnnLinear",
     "fold_batch_norms",
     "fuse_activations",
     "optimize_for_inference",
@@ -241,6 +244,28 @@ class FusedConv2d(nn.Conv2d):
         return F.relu(out) if self.relu else out
 
 
+class OneDnnLinear(nn.Linear):
+    """``nn.Linear`` run as oneDNN's inner product on the CPU in fp32 without autograd, elsewhere as
+    ``F.linear``. The detectors' box-head ``fc6`` (1,000 RoIs x 12,544 -> 1,024) takes 56 ms this
+    way against 118 ms through ``addmm`` (MKL), on a 2-core AMD EPYC with AVX512-BF16. Its
+    ``state_dict`` is that of ``nn.Linear``."""
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> "OneDnnLinear":
+        """A copy sharing ``linear``'s weight and bias."""
+        fast = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, device="meta")
+        fast.weight, fast.bias = linear.weight, linear.bias
+        return fast
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (x.device.type == "cpu" and x.dtype == torch.float32 and self.weight.dtype == torch.float32
+                and x.dim() >= 2 and not torch.compiler.is_compiling() and has_onednn_linear()
+                and torch.backends.mkldnn.enabled
+                and not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))):
+            return onednn_linear(x, self.weight, self.bias)
+        return super().forward(x)
+
+
 class FusedStage(nn.Sequential):
     """A stage of fused residual blocks. Each block after the first gets, as its input, the previous
     block's output, which nothing else holds; it may then write its own output into that memory
@@ -316,8 +341,9 @@ def fuse_activations(model: nn.Module) -> int:
     Fused are: the blocks of this package's trunks (conv + ReLU, and the last conv + residual add
     + ReLU), the trunk's stem (conv + ReLU), and in any ``nn.Sequential`` a conv followed by a
     ReLU (with only folded norms between); every other plain ``Conv2d`` becomes a ``FusedConv2d``
-    without activation (the same computation on the oneDNN path). Blocks with an unfolded norm
-    (GroupNorm) or a deformable conv are left alone. Returns the number of fused blocks.
+    without activation (the same computation on the oneDNN path), and every plain ``nn.Linear`` an
+    :class:`OneDnnLinear`. Stages made of fused blocks become :class:`FusedStage`. Blocks with an
+    unfolded norm (GroupNorm) or a deformable conv are left alone. Returns the number of fused blocks.
     """
     blocks = 0
     for module in list(model.modules()):
@@ -333,6 +359,8 @@ def fuse_activations(model: nn.Module) -> int:
         for name, child in named_child_slots(module):
             if _plain_conv(child):
                 setattr(module, name, FusedConv2d.from_conv(child))
+            elif type(child) is nn.Linear:
+                setattr(module, name, OneDnnLinear.from_linear(child))
     return blocks
 
 

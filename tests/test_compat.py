@@ -98,6 +98,21 @@ def test_mkldnn_reorder_convolution_weight():
                                                      "backbones/compat.py"))
 
 
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_mkldnn_linear_pointwise(with_bias: bool):
+    api = "torch.ops.mkldnn._linear_pointwise"
+    assert backbones_compat.has_onednn_linear(), _broken(api, "is missing",
+                                                         "backbones/compat.py (OneDnnLinear now runs F.linear)")
+    gen = torch.Generator().manual_seed(3)
+    x, weight = torch.randn(9, 33, generator=gen), torch.randn(17, 33, generator=gen)
+    bias = torch.randn(17, generator=gen) if with_bias else None
+    with torch.no_grad():
+        got = backbones_compat.onednn_linear(x, weight, bias)
+    torch.testing.assert_close(got, F.linear(x, weight, bias), rtol=1e-5, atol=1e-5,
+                               msg=lambda m: _broken(api, f"no longer computes x @ W.T + b ({m})", "backbones/compat.py"))
+
+
 def test_forward_hooks_observe():
     api = "torch.nn.modules.module._global_forward_hooks"
     block = nn.Sequential(nn.Conv2d(2, 2, 1), nn.ReLU())

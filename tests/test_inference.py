@@ -14,6 +14,7 @@ from backbones import (
     TAPS,
     FusedConv2d,
     FusedStage,
+    OneDnnLinear,
     create_backbone,
     create_fpn_backbone,
     fold_batch_norms,
@@ -95,6 +96,7 @@ def test_detector_same_detections():
     assert isinstance(fast.backbone.body.layer1[0].conv1, FusedConv2d)
     assert isinstance(fast.roi_heads.box_roi_pool, heads.GatherMultiScaleRoIAlign)
     assert type(ref.roi_heads.box_roi_pool).__name__ == "MultiScaleRoIAlign"
+    assert type(fast.roi_heads.box_head.fc6) is OneDnnLinear and type(fast.backbone.body.layer2) is FusedStage
     images = [torch.rand(3, 160, 128), torch.rand(3, 144, 160)]
     with torch.inference_mode():
         expected, got = ref(images), fast(images)
@@ -282,6 +284,21 @@ def test_packed_weight_follows_the_weight():
         assert_close_rel(copied(x), conv(x), rtol=1e-5, what="a copy")
         other = torch.randn(1, 8, 7, 5)  # another input shape than the one packed for
         assert_close_rel(fused(other), conv(other), rtol=1e-5, what="another input shape")
+
+
+def test_linear_layers_run_as_onednn_inner_products():
+    linear = nn.Linear(48, 20)
+    fast = OneDnnLinear.from_linear(linear)
+    assert fast.weight is linear.weight and set(fast.state_dict()) == set(linear.state_dict())
+    x = torch.randn(7, 48, requires_grad=True)
+    with torch.inference_mode():
+        assert_close_rel(fast(x), linear(x), rtol=1e-5, what="oneDNN inner product")
+    fast(x).sum().backward()  # with autograd: F.linear
+    grad, x.grad = x.grad.clone(), None
+    linear(x).sum().backward()
+    torch.testing.assert_close(grad, x.grad)
+    head = optimize_for_inference(nn.Sequential(nn.Flatten(), nn.Linear(12, 4)))
+    assert type(head[1]) is OneDnnLinear
 
 
 def test_bad_input():
