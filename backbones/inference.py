@@ -43,6 +43,7 @@ from .compat import (
     onednn_linear,
     onednn_prepack_weight,
 )
+from .low_precision import check_inference_dtype, run_in_dtype
 from .trunk import ResNet
 
 __all__ = [
@@ -55,6 +56,8 @@ __all__ = [
     "optimize_layers",
 ]
 
+#: Dtypes the oneDNN paths of :class:`FusedConv2d` and :class:`OneDnnLinear` run in.
+_ONEDNN_DTYPES = (torch.float32, torch.bfloat16)
 _FOLDABLE_NORMS = (nn.BatchNorm2d, nn.SyncBatchNorm, FrozenBatchNorm2d)
 #: Attribute pairs (conv, norm) of the blocks and trunks of this package and torchvision's ResNets.
 _NAMED_PAIRS = (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3"))
@@ -211,9 +214,9 @@ class FusedConv2d(nn.Conv2d):
             return False
         return (
             x.device.type == "cpu"
-            and x.dtype == torch.float32
-            and self.weight.dtype == torch.float32
-            and (residual is None or (residual.dtype == torch.float32 and residual.shape[1] == self.out_channels))
+            and x.dtype in _ONEDNN_DTYPES
+            and self.weight.dtype == x.dtype
+            and (residual is None or (residual.dtype == x.dtype and residual.shape[1] == self.out_channels))
             and self.padding_mode == "zeros"
             and not isinstance(self.padding, str)
             and has_onednn_pointwise()
@@ -258,7 +261,7 @@ class OneDnnLinear(nn.Linear):
         return fast
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (x.device.type == "cpu" and x.dtype == torch.float32 and self.weight.dtype == torch.float32
+        if (x.device.type == "cpu" and x.dtype in _ONEDNN_DTYPES and self.weight.dtype == x.dtype
                 and x.dim() >= 2 and not torch.compiler.is_compiling() and has_onednn_linear()
                 and torch.backends.mkldnn.enabled
                 and not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))):
@@ -390,7 +393,8 @@ def optimize_layers(
 
 
 def optimize_for_inference(
-    model: nn.Module, *, channels_last: bool = True, fold: bool = True, fuse: bool = True, inplace: bool = True
+    model: nn.Module, *, channels_last: bool = True, fold: bool = True, fuse: bool = True, inplace: bool = True,
+    dtype: torch.dtype = torch.float32,
 ) -> nn.Module:
     """Make ``model`` fast for inference and return it (``model`` itself, or with ``inplace=False`` an
     optimized deep copy, e.g. to evaluate during training and keep training the original).
@@ -410,7 +414,12 @@ def optimize_for_inference(
     would train a network without its norms. Folded norms become ``nn.Identity`` and their convs
     gain a ``bias``, so the ``state_dict`` loses the ``bn*`` keys and gains ``conv*.bias``: load
     checkpoints before calling this.
+
+    ``dtype=torch.bfloat16`` (opt-in) computes in bf16 after folding in fp32, behind an fp32
+    interface: inputs are cast on the way in, outputs back to float32 (``backbones.low_precision``).
+    Fast only where bf16 is native (AVX512-BF16 or AMX CPUs, GPUs); outputs move by bf16 rounding.
     """
+    check_inference_dtype(dtype)
     if isinstance(model, nn.Module):
         detector = next((m for m in model.modules() if isinstance(m, _DETECTOR_PARTS)), None)
         if detector is not None:
@@ -418,4 +427,5 @@ def optimize_for_inference(
                 f"backbones.optimize_for_inference does not handle detectors ({type(model).__name__} holds a "
                 f"{type(detector).__name__}); use heads.optimize_for_inference, which also runs their RoI-align fast"
             )
-    return optimize_layers(model, channels_last=channels_last, fold=fold, fuse=fuse, inplace=inplace)
+    model = optimize_layers(model, channels_last=channels_last, fold=fold, fuse=fuse, inplace=inplace)
+    return run_in_dtype(model, dtype)

@@ -11,12 +11,18 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.models.detection import FCOS, RetinaNet
+from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.ops import MultiScaleRoIAlign
 
 from backbones.compat import named_child_slots
 from backbones.inference import optimize_layers
+from backbones.low_precision import check_inference_dtype, run_in_dtype
 
 from .compat import setup_scales
+
+#: torchvision's detectors: their ``backbone`` (trunk + FPN) is what runs in bf16 on request.
+DETECTORS = (GeneralizedRCNN, RetinaNet, FCOS)
 
 __all__ = ["GatherMultiScaleRoIAlign", "optimize_for_inference", "roi_align_gather", "use_gather_roi_align"]
 
@@ -137,7 +143,7 @@ def use_gather_roi_align(model: nn.Module) -> int:
 
 def optimize_for_inference(
     model: nn.Module, *, channels_last: bool = True, fold: bool = True, fuse: bool = True, inplace: bool = True,
-    fast_roi_align: bool = True,
+    fast_roi_align: bool = True, dtype: torch.dtype = torch.float32,
 ) -> nn.Module:
     """Make any model of this package fast for inference, detectors included, and return it
     (``model`` itself, or with ``inplace=False`` an optimized deep copy, e.g. to evaluate during
@@ -151,8 +157,14 @@ def optimize_for_inference(
 
     The result is for inference only, and its ``state_dict`` has lost the ``bn*`` keys and gained
     ``conv*.bias``: load checkpoints before calling this.
+
+    ``dtype=torch.bfloat16`` (opt-in; fast where bf16 is native: AVX512-BF16 or AMX CPUs, GPUs)
+    computes in bf16 behind an fp32 interface (``backbones.low_precision``): a segmenter or trunk as
+    a whole, a detector's backbone and FPN only, so that its RPN, box regression and NMS stay fp32.
     """
+    check_inference_dtype(dtype)
     model = optimize_layers(model, channels_last=channels_last, fold=fold, fuse=fuse, inplace=inplace)
     if fast_roi_align:
         use_gather_roi_align(model)
+    run_in_dtype(model.backbone if isinstance(model, DETECTORS) else model, dtype)
     return model

@@ -187,6 +187,73 @@ def test_segmenter_unchanged():
         assert_close_rel(got[key], expected[key], rtol=1e-5, what=key)
 
 
+# bf16 rounds to 8 bits of mantissa: through a 50-layer trunk the outputs move by ~1% of their scale
+BF16_RTOL = 3e-2
+
+
+def _count_onednn_dtypes(monkeypatch: pytest.MonkeyPatch) -> list[torch.dtype]:
+    """The input dtype of every oneDNN convolution the fused layers run from now on."""
+    import backbones.inference as inference
+
+    seen: list[torch.dtype] = []
+    real = inference.onednn_conv_pointwise
+
+    def counting(x, *args, **kwargs):
+        seen.append(x.dtype)
+        return real(x, *args, **kwargs)
+
+    monkeypatch.setattr(inference, "onednn_conv_pointwise", counting)
+    return seen
+
+
+@pytest.mark.skipif(not has_onednn_pointwise(), reason="needs torch's oneDNN convolution op")
+def test_bf16_trunk_behind_an_fp32_interface(monkeypatch: pytest.MonkeyPatch):
+    ref, fast = _optimized_pair(create_backbone("resnet50", out_features=("c3", "c5")),
+                                lambda m: optimize_for_inference(m, dtype=torch.bfloat16))
+    assert fast.layer1[0].conv1.weight.dtype == torch.bfloat16
+    seen = _count_onednn_dtypes(monkeypatch)
+    x = torch.randn(2, 3, 96, 96)
+    with torch.inference_mode():
+        expected, got = ref(x), fast(x)
+    assert seen and set(seen) == {torch.bfloat16}  # every conv ran oneDNN's bf16 kernels
+    for tap in expected:
+        assert got[tap].dtype == torch.float32
+        assert_close_rel(got[tap], expected[tap], rtol=BF16_RTOL, what=f"bf16 {tap}")
+        with pytest.raises(AssertionError):  # not fp32 either: the check above can tell
+            assert_close_rel(got[tap], expected[tap], rtol=1e-5, what=f"bf16 {tap}")
+
+
+def test_bf16_detector_keeps_its_heads_in_fp32():
+    detector = build_detector("faster_rcnn", backbone="resnet18", num_classes=5, min_size=128, max_size=128,
+                              box_score_thresh=0.0)
+    ref, fast = _optimized_pair(detector, lambda m: heads.optimize_for_inference(m, dtype=torch.bfloat16))
+    assert fast.backbone.body.conv1.weight.dtype == torch.bfloat16
+    assert fast.backbone.fpn.layer_blocks[0][0].weight.dtype == torch.bfloat16
+    assert {p.dtype for p in fast.rpn.parameters()} | {p.dtype for p in fast.roi_heads.parameters()} == {torch.float32}
+    images = [torch.rand(3, 128, 112)]
+    with torch.inference_mode():
+        batch, _ = ref.transform(images)
+        features, expected = fast.backbone(batch.tensors), ref.backbone(batch.tensors)
+        detections = fast(images)
+    for level in expected:
+        assert features[level].dtype == torch.float32
+        assert_close_rel(features[level], expected[level], rtol=BF16_RTOL, what=f"bf16 FPN {level}")
+    assert detections[0]["boxes"].dtype == torch.float32 and len(detections[0]["boxes"]) > 0
+
+
+def test_bf16_segmenter_and_bad_dtypes():
+    ref, fast = _optimized_pair(build_segmenter("deeplabv3", backbone="resnet18", num_classes=3),
+                                lambda m: heads.optimize_for_inference(m, dtype=torch.bfloat16))
+    x = torch.randn(1, 3, 64, 64)
+    with torch.inference_mode():
+        expected, got = ref(x)["out"], fast(x)["out"]
+    assert got.dtype == torch.float32
+    assert_close_rel(got, expected, rtol=BF16_RTOL, what="bf16 logits")
+    for optimize in (optimize_for_inference, heads.optimize_for_inference):
+        with pytest.raises(ValueError, match="dtype must be torch.float32 or torch.bfloat16"):
+            optimize(create_backbone("resnet18"), dtype=torch.float16)
+
+
 def test_folded_state_dict_and_flags():
     model = create_backbone("resnet18", out_features=("c2",))
     keys = set(model.state_dict())

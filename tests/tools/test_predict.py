@@ -73,6 +73,38 @@ def test_predictions_score_exactly_like_the_runs_own_evaluation(det_run, tmp_pat
     assert manifest["skipped"] == []
 
 
+def test_bf16_precision_scores_close_to_fp32(det_run, tmp_path, monkeypatch) -> None:
+    """--precision bf16 runs the backbone in bf16 (a warning where the CPU emulates it) and scores
+    within bf16 rounding of the fp32 run: the AP moves, but little."""
+    import heads
+    from backbones_tools.engine import precision as P
+
+    seen, optimize = [], heads.optimize_for_inference
+
+    def recording(model, **kwargs):
+        seen.append(kwargs.get("dtype"))
+        return optimize(model, **kwargs)
+
+    monkeypatch.setattr(heads, "optimize_for_inference", recording)
+    monkeypatch.setattr(P, "cpu_has_native_bf16", lambda: False)  # the warning path, on any CPU
+    aps = {}
+    for precision in ("fp32", "bf16"):
+        out = tmp_path / precision
+        args = ["--checkpoint", str(det_run["checkpoint"]), "--images", str(det_run["images"]), "--gt",
+                str(det_run["gt"]), "--out", str(out), "--no-draw", "--quiet", "--precision", precision]
+        if precision == "bf16":
+            with pytest.warns(UserWarning, match="no native bf16"):
+                assert predict.main(args) == 0
+        else:
+            assert predict.main(args) == 0
+        metrics = tmp_path / f"{precision}.json"
+        assert eval_coco.main(["--gt", str(det_run["gt"]), "--results", str(out / "predictions.json"),
+                               "--out", str(metrics)]) == 0
+        aps[precision] = json.loads(metrics.read_text())["metrics"]["AP"]
+    assert seen == [torch.float32, torch.bfloat16]
+    assert aps["fp32"] > 0 and aps["bf16"] == pytest.approx(aps["fp32"], abs=0.05), aps
+
+
 def test_ids_from_file_names_no_draw_and_batches_give_the_same_results(det_run, tmp_path) -> None:
     """Without --gt the ids come from the file names (000000000003.jpg -> 3); a larger batch
     (grouped by image size) gives the same detections; --no-draw writes no overlay."""

@@ -24,6 +24,7 @@ import json
 import os
 import re
 import sys
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from backbones import keep_freed_memory
 from backbones_tools.cli_args import add_checkpoint_source, add_debug
 
 #: file suffixes taken from a folder (explicitly named files and glob matches are all tried)
@@ -41,6 +43,8 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".g
 OVERLAY_ALPHA = 0.5
 #: how many skipped file names the console report lists (manifest.json lists them all)
 REPORT_LIMIT = 20
+#: ``--precision`` choices and the dtype each computes in.
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 _GLOB_CHARS = re.compile(r"[*?\[]")
 _DIGITS = re.compile(r"\d+")
 
@@ -94,6 +98,7 @@ def load_predictor(
     device: str = "auto",
     max_size: int | None = None,
     gt: Mapping[str, Any] | None = None,
+    precision: str = "fp32",
 ) -> Predictor:
     """Rebuild the model of a training checkpoint (see :func:`checkpoint_config`), load its
     weights and optimise it for inference on ``device`` (``auto``, ``cpu`` or ``cuda``).
@@ -101,6 +106,8 @@ def load_predictor(
     Labels map back to the checkpoint's category map (or, for a checkpoint without one, to the
     categories of ``gt``, a COCO ground-truth dict). ``max_size`` caps a detector's resized
     longer side (its transform's ``max_size``); for a segmenter it is applied by :func:`predict`.
+    ``precision="bf16"`` computes in bf16 (``heads.optimize_for_inference(dtype=torch.bfloat16)``:
+    a detector's backbone and FPN, a segmenter whole), with a warning where the CPU emulates bf16.
     """
     from backbones_tools.data import CategoryMap
     from backbones_tools.data.errors import CocoFormatError
@@ -138,8 +145,22 @@ def load_predictor(
         if task.name == "det":
             model.transform.max_size = int(max_size)
     dev = resolve_device(device)
-    model = optimize_for_inference(model.to(dev))  # after loading: folding renames norm keys
+    dtype = inference_dtype(precision, dev)
+    model = optimize_for_inference(model.to(dev), dtype=dtype)  # after loading: folding renames norm keys
     return Predictor(task=task, model=model, device=dev, checkpoint=checkpoint)
+
+
+def inference_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """The dtype of ``--precision`` (fp32, bf16); bf16 on a CPU without native bf16 runs, emulated
+    and several times slower, with a warning saying so."""
+    from backbones_tools.engine.precision import cpu_has_native_bf16, cpu_model_name
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+    if precision == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
+        warnings.warn(f"--precision bf16: {cpu_model_name()} has no native bf16 (AVX512-BF16 or AMX); oneDNN "
+                      "emulates it and inference is several times slower than fp32", stacklevel=2)
+    return PRECISIONS[precision]
 
 
 # ----------------------------------------------------------------------------- the images
@@ -525,6 +546,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-size", type=_positive_int, metavar="PIXELS",
                         help="segmentation: resize the input's longer side down to this; detection: the "
                              "detector's max_size (its resize caps the longer side at it)")
+    parser.add_argument("--precision", default="fp32", choices=list(PRECISIONS),
+                        help="bf16: compute in bf16 (a detector's backbone and FPN, a segmenter whole), fast on "
+                             "CPUs with AVX512-BF16 or AMX and on GPUs; outputs move by bf16 rounding (default: fp32)")
     parser.add_argument("--no-draw", action="store_true", help="write no overlay PNGs")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     add_debug(parser)
@@ -543,8 +567,9 @@ def run_from_args(args: argparse.Namespace) -> PredictOutcome:
     paths = collect_images(args.images)
     if not paths:
         raise FileNotFoundError(f"no image file found in --images {' '.join(args.images)}")
+    keep_freed_memory()  # this process only runs inference: no page faults on every batch
     predictor = load_predictor(args.checkpoint, config=args.config, overrides=args.overrides, device=args.device,
-                               max_size=args.max_size, gt=gt)
+                               max_size=args.max_size, gt=gt, precision=args.precision)
     image_ids = None
     if gt is not None and predictor.kind == "det":
         image_ids = image_ids_from_gt(paths, gt, source=f"--gt {args.gt}")
