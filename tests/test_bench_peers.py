@@ -156,6 +156,21 @@ def test_runtime_peers_skip_rows_they_do_not_apply_to():
     assert "inference only" in runtimes.skip_reason(peer, mode="train_step", device=cpu, dtype="float32")
     assert "CPU only" in runtimes.skip_reason(peer, mode="inference", device=torch.device("cuda"), dtype="float32")
     assert "float32 only" in runtimes.skip_reason(peer, mode="inference", device=cpu, dtype="bfloat16")
+    openvino = PeerSpec(source="openvino")
+    assert "float32 or bfloat16 only" in runtimes.skip_reason(openvino, mode="inference", device=cpu, dtype="float16")
+
+
+@pytest.mark.skipif(not (INSTALLED["onnx"] and INSTALLED["openvino"]), reason="needs onnx and openvino")
+def test_openvino_runs_a_bf16_row_in_bf16(tmp_path: Path):
+    """A bfloat16 row: ours in bf16, OpenVINO with its bf16 precision hint, outputs compared at the
+    reduced-precision tolerance; ONNX Runtime (no bf16 CPU path) skipped with the reason."""
+    code, (record,), _ = _run(tmp_path, _config(["onnxruntime", "openvino"], dtype="bfloat16"))
+    assert code == 0 and record["status"] == "ok" and record["dtype"] == "bfloat16"
+    by_source = _peers(record)
+    assert by_source["onnxruntime"]["status"] == "skipped" and "float32 only" in by_source["onnxruntime"]["reason"]
+    ov = by_source["openvino"]
+    assert ov["status"] == "ok" and "INFERENCE_PRECISION_HINT=bf16" in ov["settings"], ov
+    assert ov["diff_ok"] is True and 0 < ov["max_abs_diff"] <= ov["diff_tol"], ov  # bf16 rounding, within tolerance
 
 
 # ------------------------------------------------------------------------------------------ train_step rows

@@ -6,13 +6,13 @@ ONNX Runtime: ``CPUExecutionProvider``, ``ORT_ENABLE_ALL`` graph optimisations, 
 execution with ``intra_op_num_threads`` = the row's threads, and its threads do not spin while idle
 (``session.intra_op.allow_spinning=0``), so that, timed in turns with the other models, an idle
 pool does not take cores from them. OpenVINO: the ``CPU`` device, ``INFERENCE_PRECISION_HINT=f32``
-(on a CPU with AVX512-BF16 or AMX it would otherwise run bf16), ``INFERENCE_NUM_THREADS`` = the
+(on a CPU with AVX512-BF16 or AMX it would otherwise run bf16; ``bf16`` in a bfloat16 row), ``INFERENCE_NUM_THREADS`` = the
 row's threads, one stream, the latency hint, and the input reshaped to the row's static shape (as
 one deploys at a fixed size). A peer's ``kwargs`` add to or override these (ORT: session config
 entries; OpenVINO: compile properties).
 
-A runtime that is not installed, or a row it does not apply to (training steps, a GPU, a dtype
-other than float32), gives a skipped peer with the reason, not a failure.
+A runtime that is not installed, or a row it does not apply to (training steps, a GPU, a dtype it
+does not run: see :data:`RUNTIME_DTYPES`), gives a skipped peer with the reason, not a failure.
 """
 
 from __future__ import annotations
@@ -33,6 +33,9 @@ INSTALL_HINT = "pip install '.[bench]'"
 PACKAGES = {"onnxruntime": ("onnxruntime", "onnx"), "openvino": ("openvino", "onnx")}
 #: The exporter's kind of each benchmark kind.
 EXPORT_KINDS = {"backbone": "trunk", "fpn_backbone": "fpn", "segmenter": "segmenter", "detector": "detector"}
+#: Row dtypes each runtime runs: OpenVINO computes bfloat16 rows in bf16 (``INFERENCE_PRECISION_HINT=bf16``,
+#: fp32 input and output, as ``optimize_for_inference(dtype=torch.bfloat16)``); ONNX Runtime has no bf16 CPU path.
+RUNTIME_DTYPES = {"onnxruntime": ("float32",), "openvino": ("float32", "bfloat16")}
 #: Session config entries of ONNX Runtime (a peer's kwargs override them).
 ORT_DEFAULT_ENTRIES = {"session.intra_op.allow_spinning": "0", "session.inter_op.allow_spinning": "0"}
 
@@ -54,8 +57,8 @@ def skip_reason(peer: PeerSpec, *, mode: str, device: torch.device, dtype: str) 
         return f"{peer.source} measures inference only (this row is a {mode})"
     if device.type != "cpu":
         return f"{peer.source} runs on the CPU only here (the row's device is {device})"
-    if dtype != "float32":
-        return f"{peer.source} runs float32 only here (the row's dtype is {dtype})"
+    if dtype not in RUNTIME_DTYPES[peer.source]:
+        return f"{peer.source} runs {' or '.join(RUNTIME_DTYPES[peer.source])} only here (the row's dtype is {dtype})"
     return missing_package(peer.source)
 
 
@@ -89,8 +92,10 @@ class RuntimePeer:
 
     source = "runtime"
 
-    def __init__(self, peer: PeerSpec, target: Any, path: Path, arrays: list[np.ndarray], threads: int) -> None:
+    def __init__(self, peer: PeerSpec, target: Any, path: Path, arrays: list[np.ndarray], threads: int,
+                 dtype: str = "float32") -> None:
         self.peer = peer
+        self.dtype = dtype
         self.path = path
         self.target = target
         self.arrays = arrays
@@ -112,8 +117,9 @@ class RuntimePeer:
 class OnnxRuntimePeer(RuntimePeer):
     source = "onnxruntime"
 
-    def __init__(self, peer: PeerSpec, target: Any, path: Path, arrays: list[np.ndarray], threads: int) -> None:
-        super().__init__(peer, target, path, arrays, threads)
+    def __init__(self, peer: PeerSpec, target: Any, path: Path, arrays: list[np.ndarray], threads: int,
+                 dtype: str = "float32") -> None:
+        super().__init__(peer, target, path, arrays, threads, dtype)
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -136,14 +142,15 @@ class OnnxRuntimePeer(RuntimePeer):
 class OpenVinoPeer(RuntimePeer):
     source = "openvino"
 
-    def __init__(self, peer: PeerSpec, target: Any, path: Path, arrays: list[np.ndarray], threads: int) -> None:
-        super().__init__(peer, target, path, arrays, threads)
+    def __init__(self, peer: PeerSpec, target: Any, path: Path, arrays: list[np.ndarray], threads: int,
+                 dtype: str = "float32") -> None:
+        super().__init__(peer, target, path, arrays, threads, dtype)
         import openvino as ov
 
         core = ov.Core()
         model = core.read_model(str(path))
         model.reshape({target.input_name: list(arrays[0].shape)})  # static: the row's input shape
-        properties = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1,
+        properties = {"INFERENCE_PRECISION_HINT": "bf16" if dtype == "bfloat16" else "f32", "INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1,
                       "PERFORMANCE_HINT": "LATENCY", **peer.kwargs}
         self.compiled = core.compile_model(model, "CPU", properties)
         self.request = self.compiled.create_infer_request()
@@ -163,6 +170,7 @@ class OpenVinoPeer(RuntimePeer):
 RUNTIMES = {"onnxruntime": OnnxRuntimePeer, "openvino": OpenVinoPeer}
 
 
-def make_runtime_peer(peer: PeerSpec, target: Any, path: Path, arrays: list[np.ndarray], threads: int) -> RuntimePeer:
-    """The runner of runtime peer ``peer`` on the exported ``target`` (file ``path``)."""
-    return RUNTIMES[peer.source](peer, target, path, arrays, threads)
+def make_runtime_peer(peer: PeerSpec, target: Any, path: Path, arrays: list[np.ndarray], threads: int,
+                      dtype: str = "float32") -> RuntimePeer:
+    """The runner of runtime peer ``peer`` on the exported ``target`` (file ``path``) for a row of ``dtype``."""
+    return RUNTIMES[peer.source](peer, target, path, arrays, threads, dtype)

@@ -109,7 +109,8 @@ def _runtime_peer(peer: PeerSpec, exported: Any, kind: str, inputs: Any, threads
     from backbones_tools.bench import runtimes
 
     target, path = exported
-    runner = runtimes.make_runtime_peer(peer, target, path, runtimes.input_arrays(kind, inputs), threads)
+    runner = runtimes.make_runtime_peer(peer, target, path, runtimes.input_arrays(kind, inputs), threads,
+                                        record["dtype"])
     diff = compare(kind, "inference", reference, runtime_outputs(kind, target.output_names, runner.outputs()), rtol)
     entry = peer_entry(peer, params=record["params"], gmacs=record["gmacs"], version=runner.version,
                        settings=runner.settings, **diff.record())
