@@ -313,11 +313,16 @@ def test_output_dir_is_the_run_folder(tmp_path: Path, monkeypatch) -> None:
         seen.append(Path(output_dir))
         return trainer_mod.RunResult(Path(output_dir))
 
+    import backbones
+
+    kept: list[bool] = []
     monkeypatch.setattr(trainer_mod, "train", fake_train)
+    monkeypatch.setattr(backbones, "keep_freed_memory", lambda: kept.append(True) or True)
     monkeypatch.chdir(tmp_path)  # the default run folder is relative to the working directory
     assert cli_main("det", ["--set", f"output_dir={tmp_path / 'mine'}"]) == 0
     assert cli_main("det", []) == 0
     assert [p.resolve() for p in seen] == [tmp_path / "mine", tmp_path / "runs" / "det" / "demo_shapes_faster_rcnn_r18"]
+    assert kept == [True, True]  # the training process keeps freed memory (backbones.keep_freed_memory)
 
 
 # ============================================================================= model

@@ -81,6 +81,9 @@ def run_checkpoint_cli(args: Any, write: Callable[[EvalOutcome], None] | None = 
     from backbones_tools.errors import debug_requested, run_cli
 
     def evaluate_and_report() -> int:
+        from backbones import keep_freed_memory
+
+        keep_freed_memory()  # an inference process: no page faults on every batch
         outcome = run_from_args(args)
         if _is_main():
             print(outcome.table)
