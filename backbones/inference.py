@@ -1,6 +1,8 @@
 """Fast inference path: ``optimize_for_inference(model)`` folds batch norms into the convolutions
 that feed them, fuses ReLUs and residual adds into the convolutions and switches the weights to
-channels-last, without changing the outputs.
+channels-last, without changing the outputs. The fused convolutions reorder their weights into
+oneDNN's layout once, and a block's residual add writes into the shortcut's memory when nothing else
+holds it (:class:`FusedStage`); plain linear layers run as oneDNN inner products.
 
 Works on the models of this package other than detectors (trunks, FPN backbones, the segmenters
 of ``heads.build_segmenter``) and on torchvision's own ResNets; detectors go through
@@ -165,8 +167,8 @@ def fold_batch_norms(model: nn.Module) -> int:
 class FusedConv2d(nn.Conv2d):
     """Inference convolution with its bias, an optional residual add and an optional ReLU fused.
 
-    ``forward(x, residual=None)`` computes ``act(conv(x) + bias [+ residual])``. On CPU, in fp32 and
-    without autograd, it runs as one oneDNN primitive with post-ops
+    ``forward(x, residual=None)`` computes ``act(conv(x) + bias [+ residual])``. On CPU, in fp32 or
+    bf16 and without autograd, it runs as one oneDNN primitive with post-ops
     (``torch.ops.mkldnn._convolution_pointwise``, see ``backbones.compat``), which also avoids
     PyTorch's single-threaded fallback for 1x1 convolutions and the extra passes over memory of a
     separate add and ReLU; elsewhere (GPU, other dtypes, autograd, ``torch.compile``) it runs the
@@ -248,7 +250,7 @@ class FusedConv2d(nn.Conv2d):
 
 
 class OneDnnLinear(nn.Linear):
-    """``nn.Linear`` run as oneDNN's inner product on the CPU in fp32 without autograd, elsewhere as
+    """``nn.Linear`` run as oneDNN's inner product on the CPU in fp32 or bf16 without autograd, elsewhere as
     ``F.linear``. The detectors' box-head ``fc6`` (1,000 RoIs x 12,544 -> 1,024) takes 56 ms this
     way against 118 ms through ``addmm`` (MKL), on a 2-core AMD EPYC with AVX512-BF16. Its
     ``state_dict`` is that of ``nn.Linear``."""
