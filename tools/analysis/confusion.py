@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from torchvision.ops import box_iou
+from torchvision.ops import box_convert, box_iou
 
 from backbones_tools.analysis import AnalysisError
 from backbones_tools.data.categories import CategoryMap
@@ -76,8 +76,9 @@ class ConfusionMatrix:
 
 
 def _xyxy(boxes: Sequence[Sequence[float]]) -> torch.Tensor:
-    b = torch.tensor([list(map(float, x)) for x in boxes], dtype=torch.float64).reshape(-1, 4)
-    return torch.cat([b[:, :2], b[:, :2] + b[:, 2:]], dim=1)
+    """COCO ``[x, y, w, h]`` boxes as an ``[N, 4]`` float64 ``x1, y1, x2, y2`` tensor."""
+    xywh = torch.tensor([list(map(float, x)) for x in boxes], dtype=torch.float64).reshape(-1, 4)
+    return box_convert(xywh, "xywh", "xyxy")
 
 
 def _inside(dets: torch.Tensor, regions: torch.Tensor, thr: float) -> torch.Tensor:
