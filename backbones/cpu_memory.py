@@ -22,13 +22,15 @@ import ctypes.util
 import sys
 from functools import lru_cache
 
-__all__ = ["keep_freed_memory"]
+__all__ = ["freed_memory_kept", "keep_freed_memory"]
 
 # mallopt parameters, from glibc's <malloc.h>
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
 #: The largest value ``mallopt`` takes (an ``int``): a heap top is given back only beyond 2 GiB free.
 _TRIM_ONLY_BEYOND = 2**31 - 1
+#: Whether :func:`keep_freed_memory` has taken effect in this process (it cannot be undone).
+_kept = False
 
 
 @lru_cache(maxsize=1)
@@ -49,8 +51,17 @@ def keep_freed_memory() -> bool:
     it again is harmless. Blocks a thread other than the main one cannot get in its own arena come
     from the main heap (glibc's fallback), so nothing fails for lack of ``mmap``.
     """
+    global _kept
     libc = _glibc()
     if libc is None:
         return False
     # both set, or the mmap threshold keeps rising and falling with glibc's dynamic heuristics
-    return bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_ONLY_BEYOND))
+    if libc.mallopt(_M_MMAP_MAX, 0) and libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_ONLY_BEYOND):
+        _kept = True
+    return _kept
+
+
+def freed_memory_kept() -> bool:
+    """Whether this process keeps freed memory (:func:`keep_freed_memory` took effect); once set,
+    it stays so until the process exits."""
+    return _kept

@@ -10,18 +10,21 @@ import pytest
 
 from backbones.cpu_memory import _glibc
 
-# Allocates and frees a 64 MiB tensor (above glibc's largest mmap threshold) several times and
-# prints the page faults of the later rounds, with or without keep_freed_memory().
+# Allocates and frees a 64 MiB tensor (above glibc's largest mmap threshold) eight times, with or
+# without keep_freed_memory(), and prints the page faults of each round.
 PROBE = """
 import json, resource, sys, torch
 from backbones import keep_freed_memory
+from backbones.cpu_memory import freed_memory_kept
+assert not freed_memory_kept()
 applied = keep_freed_memory() if sys.argv[1] == "keep" else False
-for _ in range(2):  # the heap grows to its steady size: faults in any case
+assert freed_memory_kept() == applied
+faults = []
+for _ in range(8):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     torch.empty(16 << 20).fill_(1.0)
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(4):
-    torch.empty(16 << 20).fill_(1.0)
-print(json.dumps({"applied": applied, "faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before}))
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(json.dumps({"applied": applied, "faults": faults}))
 """
 
 
@@ -33,9 +36,10 @@ def _faults(mode: str) -> dict:
 @pytest.mark.skipif(_glibc() is None, reason="the C library is not glibc")
 def test_freed_memory_is_reused_instead_of_faulted_in_again():
     default, kept = _faults("default"), _faults("keep")
-    pages = 4 * (64 << 20) // 4096
-    assert default["faults"] > pages // 2, default  # every round faults its 16k pages in again
-    assert kept["applied"] and kept["faults"] < pages // 20, kept
+    pages = (64 << 20) // 4096
+    assert min(default["faults"]) > pages // 2, default  # every round faults its 16k pages in again
+    # the heap takes a round or two to reach its steady size, then the same pages are reused
+    assert kept["applied"] and max(kept["faults"][-4:]) < pages // 20, kept
 
 
 def test_off_glibc_it_does_nothing(monkeypatch: pytest.MonkeyPatch):

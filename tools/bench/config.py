@@ -197,7 +197,8 @@ class BenchConfig(_Section):
     threads: int | None = Field(default=None, ge=1, description="torch CPU threads (default: torch's)")
     keep_freed_memory: bool = Field(
         default=True, description="CPU: backbones.keep_freed_memory() before measuring (glibc's malloc keeps freed "
-        "memory instead of faulting it in again on every forward pass; every row and peer of the process gains)"
+        "memory instead of faulting it in again on every forward pass; every row and peer of the process gains). "
+        "false leaves it off only in a process that has not made the call: isolate the rows"
     )
     isolate: bool = Field(default=True, description="run each row in a fresh subprocess")
     row_timeout_s: float = Field(default=1800.0, gt=0)

@@ -31,6 +31,7 @@ from backbones_tools.bench.measure import (
 from backbones_tools.bench.models import DTYPES, build_ours, build_peer, make_inputs, make_step, share_weights
 from backbones_tools.bench.runtimes import version
 from backbones import keep_freed_memory
+from backbones.cpu_memory import freed_memory_kept
 from heads import use_gather_roi_align
 
 RESULT_PREFIX = "BENCH_RESULT "
@@ -182,8 +183,11 @@ def _setup_row(config: BenchConfig, spec: ModelSpec, size: int, batch: int) -> _
         torch.set_num_threads(config.threads)
     threads = torch.get_num_threads()
     device, dtype = torch.device(config.device), DTYPES[config.dtype]
-    kept = device.type == "cpu" and config.keep_freed_memory and keep_freed_memory()
-    record.update(threads=threads, hardware=hardware(device), allocator="malloc keeps freed memory" if kept else "default")
+    if device.type == "cpu" and config.keep_freed_memory:
+        keep_freed_memory()
+    # what the process does, which an earlier row run in the same process may have set
+    allocator = "malloc keeps freed memory" if device.type == "cpu" and freed_memory_kept() else "default"
+    record.update(threads=threads, hardware=hardware(device), allocator=allocator)
     if mode == "train_step":  # the training tool's decisions (tools/engine/precision.py), amp as the row says
         from backbones_tools.engine.precision import choose_precision
 
