@@ -58,8 +58,8 @@ def onednn_conv_pointwise(
     Callers check :func:`has_onednn_pointwise` first and otherwise use ``F.conv2d``.
 
     ``accumulate=True`` writes the result into ``residual`` and returns it (oneDNN's in-place "sum"
-    post-op: one read of the residual fewer and no new output; 1.5x faster on a ResNet-50 ``layer1``
-    conv3 at batch 8, AVX512-BF16); without the in-place op it falls back to a new output."""
+    post-op: one read of the residual fewer and no new output; see ``tools/measure_inference.py``);
+    without the in-place op it falls back to a new output."""
     args = (weight, bias, list(padding), list(stride), list(dilation), groups)
     if residual is None:
         return _ONEDNN_POINTWISE(x, *args, "relu" if relu else "none", [], "")

@@ -4,7 +4,8 @@ PyTorch's CPU tensors come from the C library's ``malloc``. glibc serves large b
 activations at batch 8 are ~25 MB each) with a fresh ``mmap`` and returns them to the OS on
 ``free``, or trims the heap's top once it holds enough free memory; either way the next forward pass
 faults every page in again and the kernel zeroes it. Measured on ResNet-50 at batch 8, 224 px
-(2-core AMD EPYC, AVX512-BF16): ~28,000 page faults per forward pass and 10–14% of its time.
+(2-core AMD EPYC, AVX512-BF16): 13,000-28,000 page faults per forward pass and 10–14% of its
+time (``python tools/measure_inference.py``).
 ONNX Runtime and OpenVINO keep their own memory arenas and do not pay this.
 
 :func:`keep_freed_memory` asks glibc, through ``mallopt``, to serve every block from the heap and

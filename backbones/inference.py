@@ -186,7 +186,7 @@ class FusedConv2d(nn.Conv2d):
 
     def _onednn_weight(self, x: torch.Tensor) -> torch.Tensor:
         """The weight in oneDNN's blocked layout, reordered on the first call instead of on every
-        call (ResNet-50 at batch 8: 53 weight reorders, ~6% of a forward pass, AVX512-BF16), and again
+        call (ResNet-50 at batch 8: 53 weight reorders, 6-10% of a forward pass, AVX512-BF16), and again
         when the weight is replaced or changed in place. Costs a second copy of the weights. A weight
         made under ``torch.inference_mode`` has no version counter to tell an in-place change: it is
         reordered on every call, as before."""

@@ -103,8 +103,7 @@ def _train(task: str, args: argparse.Namespace) -> int:
     from backbones_tools import distributed as D
     from backbones_tools.engine.trainer import train
 
-    # the activations of every step reuse freed memory instead of faulting it in again: 10-15% per
-    # iteration of the detection demo (2-core AMD EPYC, AVX512-BF16)
+    # the activations of every step reuse freed memory instead of faulting it in again
     keep_freed_memory()
 
     overrides = list(args.overrides)
