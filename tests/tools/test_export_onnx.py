@@ -111,36 +111,31 @@ def test_dynamo_exporter(tmp_path):
 # ------------------------------------------------------------------------- trained checkpoints
 
 
-@pytest.fixture(scope="module")
-def seg_checkpoint(module_tmp) -> Path:
-    """A tiny DeepLabV3+ R18 trained one epoch on 64-px shapes (as tests/test_train_seg.py does)."""
+def _tiny_checkpoint(module_tmp, demo: str, name: str) -> Path:
+    """The best.pth of a one-epoch run of ``tests.<demo>``'s tiny config on 64-px shapes."""
+    import importlib
+
     from backbones_tools.config import load_config
     from backbones_tools.data import make_shapes_dataset
     from backbones_tools.engine import train
 
-    from tests.test_train_seg import DEMO, SHAPES, tiny_overrides
+    tiny = importlib.import_module(f"tests.{demo}")
+    root = module_tmp(name)
+    make_shapes_dataset(root, **tiny.SHAPES)
+    train(load_config(tiny.DEMO, tiny.tiny_overrides(root, epochs=1)), root / "run")
+    return root / "run" / "best.pth"
 
-    root = module_tmp("shapes_seg_onnx")
-    make_shapes_dataset(root, **SHAPES)
-    out = root / "run"
-    train(load_config(DEMO, tiny_overrides(root, epochs=1)), out)
-    return out / "best.pth"
+
+@pytest.fixture(scope="module")
+def seg_checkpoint(module_tmp) -> Path:
+    """A tiny DeepLabV3+ R18 trained one epoch on 64-px shapes (as tests/test_train_seg.py does)."""
+    return _tiny_checkpoint(module_tmp, "test_train_seg", "shapes_seg_onnx")
 
 
 @pytest.fixture(scope="module")
 def det_checkpoint(module_tmp) -> Path:
     """A tiny Faster R-CNN R18 (16-channel FPN, min_size 64) trained one epoch on 64-px shapes."""
-    from backbones_tools.config import load_config
-    from backbones_tools.data import make_shapes_dataset
-    from backbones_tools.engine import train
-
-    from tests.test_train_det import DEMO, SHAPES, tiny_overrides
-
-    root = module_tmp("shapes_det_onnx")
-    make_shapes_dataset(root, **SHAPES)
-    out = root / "run"
-    train(load_config(DEMO, tiny_overrides(root, epochs=1)), out)
-    return out / "best.pth"
+    return _tiny_checkpoint(module_tmp, "test_train_det", "shapes_det_onnx")
 
 
 @needs_onnx

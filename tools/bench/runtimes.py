@@ -150,7 +150,8 @@ class OpenVinoPeer(RuntimePeer):
         core = ov.Core()
         model = core.read_model(str(path))
         model.reshape({target.input_name: list(arrays[0].shape)})  # static: the row's input shape
-        properties = {"INFERENCE_PRECISION_HINT": "bf16" if dtype == "bfloat16" else "f32", "INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1,
+        precision = "bf16" if dtype == "bfloat16" else "f32"
+        properties = {"INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1,
                       "PERFORMANCE_HINT": "LATENCY", **peer.kwargs}
         self.compiled = core.compile_model(model, "CPU", properties)
         self.request = self.compiled.create_infer_request()
