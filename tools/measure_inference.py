@@ -159,6 +159,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--child", choices=["default", "keep"], help=argparse.SUPPRESS)
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
+    from backbones import list_backbones
+
+    if args.model not in list_backbones():
+        parser.error(f"--model: unknown backbone {args.model!r} (backbones: {', '.join(list_backbones())})")
+    if min(args.batch, args.size, args.threads, args.rounds) < 1:
+        parser.error("--batch, --size, --threads and --rounds must be positive")
     if args.child:
         _faults_child(args)
         return 0
