@@ -262,13 +262,16 @@ class OneDnnLinear(nn.Linear):
         fast.weight, fast.bias = linear.weight, linear.bias
         return fast
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (x.device.type == "cpu" and x.dtype in _ONEDNN_DTYPES and self.weight.dtype == x.dtype
+    def forward(self, x: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
+        """``weight``: use this weight (``self.weight``'s shape; e.g. with its input features permuted)
+        in place of ``self.weight``."""
+        weight = self.weight if weight is None else weight
+        if (x.device.type == "cpu" and x.dtype in _ONEDNN_DTYPES and weight.dtype == x.dtype
                 and x.dim() >= 2 and not torch.compiler.is_compiling() and has_onednn_linear()
                 and torch.backends.mkldnn.enabled
-                and not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))):
-            return onednn_linear(x, self.weight, self.bias)
-        return super().forward(x)
+                and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))):
+            return onednn_linear(x, weight, self.bias)
+        return F.linear(x, weight, self.bias)
 
 
 class FusedStage(nn.Sequential):

@@ -8,11 +8,18 @@ plus the detectors' RoI-align as a gather, see ``heads.inference``).
 """
 
 from .detection import build_detector, counts_background
-from .inference import GatherMultiScaleRoIAlign, optimize_for_inference, use_gather_roi_align
+from .inference import (
+    ChannelsLastTwoMLPHead,
+    GatherMultiScaleRoIAlign,
+    optimize_for_inference,
+    use_channels_last_box_head,
+    use_gather_roi_align,
+)
 from .segmentation import DeepLabV3, DeepLabV3Plus, build_segmenter, segmentation_loss
 from .weights import load_torchvision_weights
 
 __all__ = [
+    "ChannelsLastTwoMLPHead",
     "DeepLabV3",
     "DeepLabV3Plus",
     "GatherMultiScaleRoIAlign",
@@ -22,5 +29,6 @@ __all__ = [
     "load_torchvision_weights",
     "optimize_for_inference",
     "segmentation_loss",
+    "use_channels_last_box_head",
     "use_gather_roi_align",
 ]

@@ -97,6 +97,7 @@ def test_detector_same_detections():
     assert isinstance(fast.roi_heads.box_roi_pool, heads.GatherMultiScaleRoIAlign)
     assert type(ref.roi_heads.box_roi_pool).__name__ == "MultiScaleRoIAlign"
     assert type(fast.roi_heads.box_head.fc6) is OneDnnLinear and type(fast.backbone.body.layer2) is FusedStage
+    assert type(fast.roi_heads.box_head) is heads.ChannelsLastTwoMLPHead
     images = [torch.rand(3, 160, 128), torch.rand(3, 144, 160)]
     with torch.inference_mode():
         expected, got = ref(images), fast(images)
@@ -366,6 +367,40 @@ def test_linear_layers_run_as_onednn_inner_products():
     torch.testing.assert_close(grad, x.grad)
     head = optimize_for_inference(nn.Sequential(nn.Flatten(), nn.Linear(12, 4)))
     assert type(head[1]) is OneDnnLinear
+
+
+def test_linear_weight_override():
+    fast = OneDnnLinear.from_linear(nn.Linear(48, 20))
+    other = torch.randn(20, 48)
+    x = torch.randn(7, 48)
+    with torch.inference_mode():
+        assert_close_rel(fast(x, other), x @ other.T + fast.bias, rtol=1e-5, what="overridden weight")
+    assert_close_rel(fast(x.requires_grad_(), other), x @ other.T + fast.bias, rtol=1e-5, what="autograd path")
+
+
+@pytest.mark.parametrize("fuse", [True, False])
+def test_channels_last_box_head_equals_torchvisions(fuse: bool):
+    """The box head takes channels-last RoI features as they are, with fc6's weight permuted to
+    their (h, w, c) order once: same outputs as torchvision's head, same state_dict, and a change
+    to the weight is followed."""
+    from torchvision.models.detection.faster_rcnn import TwoMLPHead
+
+    ref = TwoMLPHead(16 * 7 * 7, 32).eval()
+    head = heads.optimize_for_inference(nn.ModuleDict({"box_head": copy.deepcopy(ref)}), fuse=fuse)["box_head"]
+    assert type(head) is heads.ChannelsLastTwoMLPHead
+    assert {k: v for k, v in head.state_dict().items()}.keys() == ref.state_dict().keys()
+    assert all(torch.equal(v, ref.state_dict()[k]) for k, v in head.state_dict().items())
+    rois = torch.randn(30, 16, 7, 7)
+    channels_last = rois.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        assert_close_rel(head(rois), ref(rois), rtol=1e-5, what="NCHW input (torchvision's path)")
+        assert head.__dict__.get("_hwc_weight") is None, "NCHW input took the permuted path"
+        assert_close_rel(head(channels_last), ref(rois), rtol=1e-5, what="channels-last input")
+        assert head._hwc_weight is not None, "channels-last input took torchvision's path"
+        head.fc6.weight.mul_(2)
+        ref.fc6.weight.mul_(2)
+        assert_close_rel(head(channels_last), ref(rois), rtol=1e-5, what="after an in-place weight change")
+    assert copy.deepcopy(head)._hwc_weight is None
 
 
 def test_bad_input():
