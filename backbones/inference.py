@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import copy
 from collections import OrderedDict
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +47,7 @@ from .compat import (
 )
 from .low_precision import check_inference_dtype, run_in_dtype
 from .trunk import ResNet
+from .winograd import MIN_CHANNELS, winograd_conv3x3, winograd_pays, winograd_weight
 
 __all__ = [
     "FusedConv2d",
@@ -56,6 +57,7 @@ __all__ = [
     "fuse_activations",
     "optimize_for_inference",
     "optimize_layers",
+    "use_winograd",
 ]
 
 #: Dtypes the oneDNN paths of :class:`FusedConv2d` and :class:`OneDnnLinear` run in.
@@ -178,27 +180,40 @@ class FusedConv2d(nn.Conv2d):
     def __init__(self, *args: Any, relu: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.relu = relu
-        self._packed: tuple[tuple[int, int], torch.Tensor] | None = None
+        self.winograd = False
+        self._packed: tuple[tuple[int, ...], Any] | None = None
+        self._winograd: tuple[tuple[int, ...], Any] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
-        """Copies and pickles leave the packed weight out (it is rebuilt on first use)."""
-        return {**super().__getstate__(), "_packed": None}
+        """Copies and pickles leave the packed weights out (they are rebuilt on first use)."""
+        return {**super().__getstate__(), "_packed": None, "_winograd": None}
+
+    def _cached(self, slot: str, make: Callable[[], Any]) -> Any:
+        """``make()``, kept in ``slot`` until the weight or bias is replaced or changed in place. A
+        weight made under ``torch.inference_mode`` has no version counter to tell an in-place change:
+        then ``make()`` runs on every call."""
+        if self.weight.is_inference():
+            return make()
+        key = tuple((p.data_ptr(), p._version) for p in (self.weight, self.bias) if p is not None)
+        cached = self.__dict__.get(slot)  # absent in a FusedConv2d pickled by an older version
+        if cached is None or cached[0] != key:
+            cached = (key, make())
+            self.__dict__[slot] = cached
+        return cached[1]
 
     def _onednn_weight(self, x: torch.Tensor) -> torch.Tensor:
         """The weight in oneDNN's blocked layout, reordered on the first call instead of on every
-        call (ResNet-50 at batch 8: 53 weight reorders, 6-10% of a forward pass, AVX512-BF16), and again
-        when the weight is replaced or changed in place. Costs a second copy of the weights. A weight
-        made under ``torch.inference_mode`` has no version counter to tell an in-place change: it is
-        reordered on every call, as before."""
+        call (ResNet-50 at batch 8: 53 weight reorders, 6-10% of a forward pass, AVX512-BF16). Costs a
+        second copy of the weights. (A weight made under ``torch.inference_mode`` is used as it is.)"""
         if self.weight.is_inference():
             return self.weight
-        key = (self.weight.data_ptr(), self.weight._version)
-        cached = self.__dict__.get("_packed")  # absent in a FusedConv2d pickled by an older version
-        if cached is None or cached[0] != key:
-            packed = onednn_prepack_weight(self.weight, padding=self.padding, stride=self.stride,
-                                           dilation=self.dilation, groups=self.groups, input_shape=x.shape)
-            self._packed = (key, packed)
-        return self._packed[1]
+        return self._cached("_packed", lambda: onednn_prepack_weight(
+            self.weight, padding=self.padding, stride=self.stride, dilation=self.dilation, groups=self.groups,
+            input_shape=x.shape))
+
+    def _use_winograd(self, x: torch.Tensor, residual: torch.Tensor | None) -> bool:
+        return (self.winograd and residual is None and x.dtype == torch.float32 and x.dim() == 4
+                and winograd_pays(x, self.in_channels, self.out_channels))
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, *, relu: bool = False) -> "FusedConv2d":
@@ -238,6 +253,9 @@ class FusedConv2d(nn.Conv2d):
         """``accumulate=True``: the caller owns ``residual`` and no longer needs it, so the oneDNN
         path may write the result into it (the returned tensor is then ``residual``)."""
         if self._onednn(x, residual):
+            if self._use_winograd(x, residual):
+                weight, bias = self._cached("_winograd", lambda: winograd_weight(self.weight, self.bias))
+                return winograd_conv3x3(x, weight, bias, relu=self.relu)
             return onednn_conv_pointwise(
                 x, self._onednn_weight(x), self.bias, padding=self.padding, stride=self.stride,
                 dilation=self.dilation, groups=self.groups, relu=self.relu, residual=residual,
@@ -372,9 +390,27 @@ def fuse_activations(model: nn.Module) -> int:
     return blocks
 
 
+def use_winograd(model: nn.Module, enabled: bool = True) -> int:
+    """Let every :class:`FusedConv2d` of ``model`` that is a plain 3x3 convolution (stride 1, padding
+    1, no dilation or groups, at least ``backbones.winograd.MIN_CHANNELS`` channels in and out) run
+    as a Winograd convolution on the inputs where that is faster (``backbones.winograd``); with
+    ``enabled=False``, none. Returns how many convolutions may."""
+    count = 0
+    for conv in model.modules():
+        if isinstance(conv, FusedConv2d):
+            conv.winograd = enabled and (
+                conv.kernel_size == (3, 3) and conv.stride == (1, 1) and conv.padding == (1, 1)
+                and conv.dilation == (1, 1) and conv.groups == 1 and conv.padding_mode == "zeros"
+                and min(conv.in_channels, conv.out_channels) >= MIN_CHANNELS
+            )
+            count += conv.winograd
+    return count
+
+
 # ------------------------------------------------------------------------------------- entries
 def optimize_layers(
-    model: nn.Module, *, channels_last: bool = True, fold: bool = True, fuse: bool = True, inplace: bool = True
+    model: nn.Module, *, channels_last: bool = True, fold: bool = True, fuse: bool = True, inplace: bool = True,
+    winograd: bool = True,
 ) -> nn.Module:
     """The layer-level steps of :func:`optimize_for_inference` on any module, detectors included
     (``heads.optimize_for_inference`` runs this, then swaps the detectors' RoI-align)."""
@@ -392,6 +428,7 @@ def optimize_layers(
         fold_batch_norms(model)
         if fuse:
             fuse_activations(model)
+            use_winograd(model, winograd)
     if channels_last:
         model.to(memory_format=torch.channels_last)
     return model
@@ -399,7 +436,7 @@ def optimize_layers(
 
 def optimize_for_inference(
     model: nn.Module, *, channels_last: bool = True, fold: bool = True, fuse: bool = True, inplace: bool = True,
-    dtype: torch.dtype = torch.float32,
+    winograd: bool = True, dtype: torch.dtype = torch.float32,
 ) -> nn.Module:
     """Make ``model`` fast for inference and return it (``model`` itself, or with ``inplace=False`` an
     optimized deep copy, e.g. to evaluate during training and keep training the original).
@@ -420,6 +457,11 @@ def optimize_for_inference(
     gain a ``bias``, so the ``state_dict`` loses the ``bn*`` keys and gains ``conv*.bias``: load
     checkpoints before calling this.
 
+    ``winograd``: fused 3x3 convolutions with 256 channels or more in and out run as Winograd
+    F(4x4, 3x3) convolutions on inputs big enough for that to be faster (1.2-1.5x on such layers;
+    detectors' P2/P3 levels), in fp32 only; their rounding error is larger (relative 1e-5 instead of
+    2e-6, see ``backbones.winograd``). ``winograd=False`` keeps oneDNN's direct convolution everywhere.
+
     ``dtype=torch.bfloat16`` (opt-in) computes in bf16 after folding in fp32, behind an fp32
     interface: inputs are cast on the way in, outputs back to float32 (``backbones.low_precision``).
     Fast only where bf16 is native (AVX512-BF16 or AMX CPUs, GPUs); outputs move by bf16 rounding.
@@ -432,5 +474,6 @@ def optimize_for_inference(
                 f"backbones.optimize_for_inference does not handle detectors ({type(model).__name__} holds a "
                 f"{type(detector).__name__}); use heads.optimize_for_inference, which also runs their RoI-align fast"
             )
-    model = optimize_layers(model, channels_last=channels_last, fold=fold, fuse=fuse, inplace=inplace)
+    model = optimize_layers(model, channels_last=channels_last, fold=fold, fuse=fuse, inplace=inplace,
+                            winograd=winograd)
     return run_in_dtype(model, dtype)

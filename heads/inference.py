@@ -210,7 +210,7 @@ def use_channels_last_box_head(model: nn.Module) -> int:
 
 def optimize_for_inference(
     model: nn.Module, *, channels_last: bool = True, fold: bool = True, fuse: bool = True, inplace: bool = True,
-    fast_roi_align: bool = True, dtype: torch.dtype = torch.float32,
+    fast_roi_align: bool = True, winograd: bool = True, dtype: torch.dtype = torch.float32,
 ) -> nn.Module:
     """Make any model of this package fast for inference, detectors included, and return it
     (``model`` itself, or with ``inplace=False`` an optimized deep copy, e.g. to evaluate during
@@ -218,7 +218,8 @@ def optimize_for_inference(
 
     Runs ``backbones.optimize_for_inference``'s steps (eval mode and no gradients; ``fold``: batch
     norms folded into the convs; ``fuse``: ReLUs and residual adds fused into them;
-    ``channels_last``: channels-last weights; see ``backbones.inference``) on the whole model, and
+    ``channels_last``: channels-last weights; ``winograd``: Winograd 3x3 convolutions where they
+    are faster, the FPN and RPN convolutions on P2/P3; see ``backbones.inference``) on the whole model, and
     with ``fast_roi_align`` swaps the detectors' ``MultiScaleRoIAlign`` poolers for
     :class:`GatherMultiScaleRoIAlign` (channels-last RoI features) and their ``TwoMLPHead`` box heads
     for :class:`ChannelsLastTwoMLPHead` (which takes those without a copy). Outputs stay the same up
@@ -232,7 +233,8 @@ def optimize_for_inference(
     a whole, a detector's backbone and FPN only, so that its RPN, box regression and NMS stay fp32.
     """
     check_inference_dtype(dtype)
-    model = optimize_layers(model, channels_last=channels_last, fold=fold, fuse=fuse, inplace=inplace)
+    model = optimize_layers(model, channels_last=channels_last, fold=fold, fuse=fuse, inplace=inplace,
+                            winograd=winograd)
     if fast_roi_align:
         use_gather_roi_align(model)
         use_channels_last_box_head(model)

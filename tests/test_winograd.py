@@ -1,0 +1,141 @@
+"""Winograd F(4x4, 3x3) convolutions: the same outputs as the direct convolution (to the rounding
+the algorithm adds), taken by ``optimize_for_inference`` only where they pay, and never with
+``winograd=False``."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import backbones.inference as inference
+import backbones.winograd as winograd
+import heads
+from backbones import FusedConv2d, optimize_for_inference
+from backbones.compat import has_onednn_pointwise
+from backbones.winograd import winograd_conv3x3, winograd_pays, winograd_weight
+from tests.helpers import assert_close_rel
+
+pytestmark = pytest.mark.skipif(not has_onednn_pointwise(), reason="needs torch's oneDNN convolution op")
+
+#: Winograd's rounding error relative to the output scale (measured: about 1.5e-5 in fp32).
+RTOL = 1e-4
+
+
+def _reference(x, weight, bias, relu):
+    out = F.conv2d(x.double(), weight.double(), None if bias is None else bias.double(), padding=1)
+    return F.relu(out) if relu else out
+
+
+def test_hand_value():
+    """All-ones 4x5 image and 3x3 kernel: each output counts its in-image neighbours (4 at the
+    corners, 6 on the edges, 9 inside), plus the bias."""
+    x = torch.ones(1, 1, 4, 5)
+    weight, bias = winograd_weight(torch.ones(1, 1, 3, 3), torch.tensor([0.5]))
+    expected = torch.tensor([[4, 6, 6, 6, 4], [6, 9, 9, 9, 6], [6, 9, 9, 9, 6], [4, 6, 6, 6, 4]]) + 0.5
+    with torch.inference_mode():
+        torch.testing.assert_close(winograd_conv3x3(x, weight, bias)[0, 0], expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "shape, out_channels, relu, with_bias",
+    [((1, 8, 16, 20), 8, True, True), ((2, 6, 13, 10), 12, False, True), ((1, 5, 7, 9), 3, True, False)],
+)
+def test_equals_the_direct_convolution(shape, out_channels, relu, with_bias):
+    """Sizes that are and are not multiples of the 4x4 tile, batches, ReLU or not, no bias."""
+    x = torch.randn(shape).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(out_channels, shape[1], 3, 3) / 3
+    b = torch.randn(out_channels) if with_bias else None
+    weight, bias = winograd_weight(w, b)
+    with torch.inference_mode():
+        got = winograd_conv3x3(x, weight, bias, relu=relu)
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    assert_close_rel(got.double(), _reference(x, w, b, relu), rtol=RTOL, what="winograd")
+    assert (got.double() - _reference(x, w, b, relu)).abs().max() > 0  # it is not the direct conv
+
+
+def test_pays_only_on_big_layers():
+    big = torch.empty(1, 256, 200, 200)
+    assert winograd_pays(big, 256, 256)
+    assert not winograd_pays(big, 128, 256)  # too few channels
+    assert not winograd_pays(torch.empty(1, 256, 50, 50), 256, 256)  # too few tiles (169)
+    assert winograd_pays(torch.empty(2, 256, 50, 50), 256, 256)  # 338 tiles
+
+
+@pytest.fixture
+def small_layers_pay(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Let the Winograd path run on the tests' small layers (8+ channels, any size)."""
+    monkeypatch.setattr(winograd, "MIN_CHANNELS", 8)
+    monkeypatch.setattr(inference, "MIN_CHANNELS", 8)
+    monkeypatch.setattr(winograd, "MIN_TILES", 1)
+
+
+@pytest.fixture
+def calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
+    """The input shapes of every Winograd convolution run from now on."""
+    seen: list[tuple[int, ...]] = []
+
+    def spy(x, *args, **kwargs):
+        seen.append(tuple(x.shape))
+        return winograd_conv3x3(x, *args, **kwargs)
+
+    monkeypatch.setattr(inference, "winograd_conv3x3", spy)
+    return seen
+
+
+def test_fused_conv_takes_it_where_it_pays(small_layers_pay, calls):
+    convs = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2, padding=1),
+                          nn.Conv2d(8, 4, 3, padding=1)).eval()
+    ref = copy.deepcopy(convs)
+    fast = optimize_for_inference(convs)
+    # stride 2, and 4 output channels (< MIN_CHANNELS), keep the direct convolution
+    assert [m.winograd for m in fast if isinstance(m, FusedConv2d)] == [True, False, False]
+    x = torch.randn(2, 8, 12, 16)
+    with torch.inference_mode():
+        assert_close_rel(fast(x), ref(x), rtol=RTOL, what="sequential")
+    assert calls == [(2, 8, 12, 16)]
+    with torch.no_grad():
+        fast[0].weight.mul_(-1)
+        ref[0].weight.mul_(-1)
+    with torch.inference_mode():
+        assert_close_rel(fast(x), ref(x), rtol=RTOL, what="after an in-place weight change")
+    assert copy.deepcopy(fast[0])._winograd is None
+
+
+def test_winograd_false_keeps_the_direct_convolution(small_layers_pay, calls):
+    conv = nn.Conv2d(8, 8, 3, padding=1).eval()
+    fast = optimize_for_inference(nn.Sequential(copy.deepcopy(conv)), winograd=False)
+    x = torch.randn(1, 8, 16, 16)
+    with torch.inference_mode():
+        assert_close_rel(fast(x), conv(x), rtol=1e-5, what="direct")
+    assert calls == [] and not fast[0].winograd
+
+
+def test_not_in_bf16_or_with_autograd(small_layers_pay, calls):
+    conv = FusedConv2d.from_conv(nn.Conv2d(8, 8, 3, padding=1))
+    conv.winograd = True
+    x = torch.randn(1, 8, 16, 16, requires_grad=True)
+    conv(x).sum().backward()  # autograd: F.conv2d
+    with torch.inference_mode():
+        conv.to(torch.bfloat16)(x.detach().bfloat16())
+    assert calls == []
+
+
+def test_detector_same_detections_with_winograd(small_layers_pay, calls):
+    """The FPN and RPN 3x3 convolutions run as Winograd convolutions: same detections."""
+    detector = heads.build_detector(
+        "faster_rcnn", backbone="resnet18", num_classes=5, min_size=128, max_size=128,
+        backbone_options={"norm": "FrozenBN"}, box_score_thresh=0.0,
+    ).eval()
+    fast = heads.optimize_for_inference(copy.deepcopy(detector))
+    assert fast.rpn.head.conv[0][0].winograd and fast.backbone.fpn.layer_blocks[0][0].winograd
+    images = [torch.rand(3, 128, 128)]
+    with torch.inference_mode():
+        expected, got = detector(images), fast(images)
+    assert len(calls) >= 10  # 5 FPN levels' output convs and the RPN conv on each level
+    assert len(expected[0]["boxes"]) > 0
+    torch.testing.assert_close(got[0]["boxes"], expected[0]["boxes"], rtol=0, atol=1e-2)
+    torch.testing.assert_close(got[0]["scores"], expected[0]["scores"], rtol=0, atol=1e-3)
