@@ -8,10 +8,12 @@ convolution, at the price of moving more memory and of a larger rounding error (
 direct convolution: relative 1e-5 instead of 2e-6). oneDNN no longer ships an fp32 Winograd kernel
 for AVX2/AVX-512, hence this one, built from PyTorch ops (the transforms are batched 6x6 matmuls).
 
-It pays only where the GEMMs are large: on a 2-core AMD EPYC (AVX512-BF16, fp32) a 256-channel
-3x3 layer on a 200x200 map (a detector's P2 level at 800 px) takes 73 ms instead of 113 ms, on
-100x100 24 instead of 29 ms, on 64x64 8.5 instead of 11 ms, but 8 instead of 7 ms on 50x50, and
-it is slower on anything with fewer channels (``tools/measure_inference.py --winograd`` prints these). :func:`winograd_pays` encodes that.
+It pays only where the GEMMs are large. On a 2-core AMD EPYC (AVX512-BF16, fp32, 2 threads) a
+256-channel 3x3 layer with bias and ReLU on a 200x200 map (a detector's P2 level at 800 px) took
+82 ms instead of 120 ms, 21 instead of 30 ms on 100x100, 6.1 instead of 7.7 ms on 50x50; with 128
+channels, 7.2 instead of 7.4 ms on 100x100, and on small maps (8 images of 14x14, 512 channels on
+25x25) it was slower (``python tools/measure_inference.py`` prints the first ones).
+:func:`winograd_pays` encodes that.
 """
 
 from __future__ import annotations
@@ -29,15 +31,16 @@ _G = ((1 / 4, 0, 0), (-1 / 6, -1 / 6, -1 / 6), (-1 / 6, 1 / 6, -1 / 6),
       (1 / 24, 1 / 12, 1 / 6), (1 / 24, -1 / 12, 1 / 6), (0, 0, 1))
 _AT = ((1, 1, 1, 1, 1, 0), (0, 1, -1, 2, -2, 0), (0, 1, 1, 4, 4, 0), (0, 1, -1, 8, -8, 1))
 
-#: Below these, the direct convolution is faster (see the module docstring).
+#: Below these (channels in and out; 4x4 output tiles per image, ~40x40 outputs), the direct
+#: convolution is as fast or faster (see the module docstring).
 MIN_CHANNELS = 256
-MIN_TILES = 256
+MIN_TILES = 100
 
 
 def winograd_pays(x: torch.Tensor, in_channels: int, out_channels: int) -> bool:
     """Whether the Winograd path is faster than oneDNN's direct convolution for this input."""
-    n, _, h, w = x.shape
-    return min(in_channels, out_channels) >= MIN_CHANNELS and n * -(-h // 4) * -(-w // 4) >= MIN_TILES
+    _, _, h, w = x.shape
+    return min(in_channels, out_channels) >= MIN_CHANNELS and -(-h // 4) * -(-w // 4) >= MIN_TILES
 
 
 def winograd_weight(weight: torch.Tensor, bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -61,8 +61,8 @@ def test_pays_only_on_big_layers():
     big = torch.empty(1, 256, 200, 200)
     assert winograd_pays(big, 256, 256)
     assert not winograd_pays(big, 128, 256)  # too few channels
-    assert not winograd_pays(torch.empty(1, 256, 50, 50), 256, 256)  # too few tiles (169)
-    assert winograd_pays(torch.empty(2, 256, 50, 50), 256, 256)  # 338 tiles
+    assert winograd_pays(torch.empty(1, 256, 50, 50), 256, 256)  # 169 tiles
+    assert not winograd_pays(torch.empty(8, 256, 14, 14), 256, 256)  # 16 tiles per image
 
 
 @pytest.fixture

@@ -1,7 +1,8 @@
 """Measure the CPU inference levers of ``optimize_for_inference`` one by one, each against the same
 model without it, in turns: freed memory kept (page faults per forward pass), in-place residual
-adds, weights reordered once, linear layers as oneDNN inner products, and optionally
-``torch.compile`` with inductor freezing. Backs the figures in the README's Performance section.
+adds, weights reordered once, linear layers as oneDNN inner products, the box head on channels-last
+RoI features, Winograd 3x3 convolutions, and optionally ``torch.compile`` with inductor freezing.
+Backs the figures in the README's Performance section.
 
     python tools/measure_inference.py [--model resnet50] [--batch 8] [--size 224] [--threads 2]
                                       [--rounds 20] [--compile]
@@ -132,6 +133,54 @@ def _linear(args: argparse.Namespace) -> None:
           f"(max abs diff {diff:.1e})")
 
 
+def _box_head(args: argparse.Namespace) -> None:
+    """A Faster R-CNN box head on the gather pooler's channels-last RoI features (1,000 x 256 x 7 x 7):
+    torchvision's, which copies them into NCHW order to flatten them, against ChannelsLastTwoMLPHead."""
+    import torch
+    from torchvision.models.detection.faster_rcnn import TwoMLPHead
+
+    from backbones.inference import fuse_activations
+    from heads import ChannelsLastTwoMLPHead
+
+    head = TwoMLPHead(256 * 7 * 7, 1024).eval()
+    fuse_activations(head)  # fc6 and fc7 as oneDNN inner products, as optimize_for_inference leaves them
+    fast = ChannelsLastTwoMLPHead.from_head(head)
+    rois = torch.randn(1000, 256, 7, 7).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        diff = (fast(rois) - head(rois)).abs().max().item()
+        times = _median_ms({"torchvision": lambda: head(rois), "channels-last": lambda: fast(rois)}, args.rounds)
+    print(f"  box head, 1000 RoIs       torchvision's {times['torchvision']:6.1f} ms, "
+          f"ChannelsLastTwoMLPHead {times['channels-last']:6.1f} ms (max abs diff {diff:.1e})")
+
+
+def _winograd(args: argparse.Namespace) -> None:
+    """Single 3x3 layers (+ bias + ReLU) as oneDNN's direct convolution and as a Winograd one, and
+    whether ``winograd_pays`` picks Winograd for them."""
+    import torch
+    import torch.nn.functional as F
+
+    from backbones.compat import onednn_conv_pointwise
+    from backbones.winograd import winograd_conv3x3, winograd_pays, winograd_weight
+
+    for channels, size in ((256, 200), (256, 100), (256, 64), (256, 50), (128, 100)):
+        x = torch.randn(1, channels, size, size).contiguous(memory_format=torch.channels_last)
+        weight = (torch.randn(channels, channels, 3, 3) / (3 * channels**0.5)).contiguous(
+            memory_format=torch.channels_last)
+        bias = torch.randn(channels) / 10
+        packed = winograd_weight(weight, bias)
+        options = {"padding": (1, 1), "stride": (1, 1), "dilation": (1, 1), "groups": 1, "relu": True}
+        with torch.inference_mode():
+            exact = F.relu(F.conv2d(x.double(), weight.double(), bias.double(), padding=1))
+            errors = [(out.double() - exact).abs().max().item() / exact.abs().max().item() for out in
+                      (onednn_conv_pointwise(x, weight, bias, **options), winograd_conv3x3(x, *packed, relu=True))]
+            times = _median_ms({"direct": lambda: onednn_conv_pointwise(x, weight, bias, **options),
+                                "winograd": lambda: winograd_conv3x3(x, *packed, relu=True)}, args.rounds)
+        print(f"  3x3 {channels:3d} ch on {size:3d}x{size:<3d}     direct {times['direct']:6.1f} ms, "
+              f"Winograd {times['winograd']:6.1f} ms ({times['direct'] / times['winograd']:.2f}x; "
+              f"error vs fp64 {errors[0]:.1e} / {errors[1]:.1e} of the scale; "
+              f"{'used' if winograd_pays(x, channels, channels) else 'not used'})")
+
+
 def _compiled(args: argparse.Namespace) -> None:
     import torch
     import torch._inductor.config as inductor_config
@@ -175,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     keep_freed_memory()  # the other levers are measured as the tools run them
     _levers(args)
     _linear(args)
+    _box_head(args)
+    _winograd(args)
     if args.compile:
         _compiled(args)
     return 0
