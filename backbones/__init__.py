@@ -14,6 +14,7 @@ from .converters import FORMATS as WEIGHT_FORMATS
 from .cpu_memory import keep_freed_memory
 from .fpn import FPNBackbone, create_fpn_backbone
 from .inference import FusedConv2d, FusedStage, OneDnnLinear, fold_batch_norms, optimize_for_inference
+from .onednn_graph import OneDnnGraph
 from .trunk import TAPS, FeatureInfo, ResNet
 from .timm_models import register_timm_model, register_timm_models
 from .variants import OPTIONS, VARIANTS, UnknownBackboneError, create_backbone, get_variant, list_backbones
@@ -37,6 +38,7 @@ __all__ = [
     "FeatureInfo",
     "LoadReport",
     "OPTIONS",
+    "OneDnnGraph",
     "OneDnnLinear",
     "ResNet",
     "TAPS",

@@ -70,6 +70,11 @@ def _config(**overrides) -> dict:
          r"openvino peer runs our model .* takes no 'share_weights'"),
         ({"models": [{"model": "resnet50", "peers": [{"source": "onnxruntime", "memory_format": "contiguous"}]}]},
          r"takes no 'memory_format'"),
+        ({"models": [{"model": "resnet18", "onednn_graph": True, "mode": "train_step"}]},
+         r"onednn_graph applies to inference rows on the cpu; this model's rows are train_step"),
+        ({"models": [{"model": "deeplabv3", "type": "segmenter", "backbone": "resnet18", "onednn_graph": True}]},
+         r"onednn_graph runs trunks and FPN backbones, not a segmenter"),
+        ({"models": [{"model": "resnet18", "onednn_graph": True, "compile": True}]}, r"onednn_graph and compile"),
     ],
 )
 def test_bad_config_is_a_clear_error(overrides: dict, message: str):
@@ -164,6 +169,26 @@ def test_the_allocator_setting_can_be_left_alone():
     (record,) = run_benchmark(config, progress=False)
     assert record["status"] == "ok" and record["allocator"] == "default", record
     assert hardware_lines([record])[0].endswith("threads, default)")
+
+
+def test_onednn_graph_row_in_process(monkeypatch: pytest.MonkeyPatch):
+    """A row with onednn_graph: true runs ours as backbones.OneDnnGraph, and says so."""
+    from backbones.onednn_graph import OneDnnGraph, has_onednn_graph
+
+    if not has_onednn_graph():
+        pytest.skip("needs TorchScript's oneDNN Graph fuser")
+    traced = []
+    trace = OneDnnGraph._trace
+    monkeypatch.setattr(OneDnnGraph, "_trace", lambda self, x: traced.append(x.shape) or trace(self, x))
+    config = BenchConfig.model_validate(_config(isolate=False, repeats=1, input_sizes=[48], models=[
+        {"model": "resnet18", "options": {"out_features": ["c5"]}, "onednn_graph": True,
+         "peers": [{"source": "torchvision", "name": "resnet18", "share_weights": True}]}]))
+    (record,) = run_benchmark(config, progress=False)
+    assert record["status"] == "ok", record["error"]
+    assert record["onednn_graph"] is True and record["optimized"] is False and traced
+    (peer,) = record["peers"]
+    assert peer["status"] == "ok" and peer["diff_ok"] is True, peer  # same outputs as torchvision's
+    assert 0 < peer["max_abs_diff"] <= peer["diff_tol"]
 
 
 def test_train_step_in_process():

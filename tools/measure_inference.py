@@ -1,11 +1,12 @@
 """Measure the CPU inference levers of ``optimize_for_inference`` one by one, each against the same
 model without it, in turns: freed memory kept (page faults per forward pass), in-place residual
 adds, weights reordered once, linear layers as oneDNN inner products, the box head on channels-last
-RoI features, Winograd 3x3 convolutions, and optionally ``torch.compile`` with inductor freezing.
+RoI features, Winograd 3x3 convolutions, and optionally the oneDNN Graph path (``OneDnnGraph``) and
+``torch.compile`` with inductor freezing.
 Backs the figures in the README's Performance section.
 
     python tools/measure_inference.py [--model resnet50] [--batch 8] [--size 224] [--threads 2]
-                                      [--rounds 20] [--compile]
+                                      [--rounds 20] [--onednn-graph] [--compile]
 
 Page faults are compared in two fresh processes (the allocator setting cannot be undone); the other
 levers are switched off and on in one process, which prints the median of each.
@@ -181,6 +182,22 @@ def _winograd(args: argparse.Namespace) -> None:
               f"{'used' if winograd_pays(x, channels, channels) else 'not used'})")
 
 
+def _onednn_graph(args: argparse.Namespace) -> None:
+    import torch
+
+    from backbones import OneDnnGraph, create_backbone
+
+    model, x = _trunk(args)
+    graph = OneDnnGraph(create_backbone(args.model, out_features=["c5"]).eval())
+    with torch.inference_mode():
+        start = time.perf_counter()
+        graph(x)
+        print(f"  oneDNN graph (OneDnnGraph): traced and fused in {time.perf_counter() - start:.0f} s")
+        times = _median_ms({"eager": lambda: model(x), "graph": lambda: graph(x)}, args.rounds)
+    print(f"  eager (optimize_for_inference) {times['eager']:7.1f} ms, oneDNN graph {times['graph']:7.1f} ms "
+          f"({times['eager'] / times['graph'] - 1:+.1%} faster)")
+
+
 def _compiled(args: argparse.Namespace) -> None:
     import torch
     import torch._inductor.config as inductor_config
@@ -205,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=20, help="timed calls per contender (in turns)")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile with inductor freezing")
+    parser.add_argument("--onednn-graph", action="store_true",
+                        help="also time backbones.OneDnnGraph (TorchScript + oneDNN Graph fusion)")
     parser.add_argument("--child", choices=["default", "keep"], help=argparse.SUPPRESS)
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
@@ -226,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     _linear(args)
     _box_head(args)
     _winograd(args)
+    if args.onednn_graph:
+        _onednn_graph(args)
     if args.compile:
         _compiled(args)
     return 0

@@ -126,6 +126,11 @@ class ModelSpec(_Section):
         "train_step: the training tool's CPU speed-up (train.fast_roi_align: detectors' RoI-align as a gather)"
     )
     compile: bool = Field(default=False, description="torch.compile the model (after optimizing)")
+    onednn_graph: bool = Field(
+        default=False, description="inference on the CPU: run the model as backbones.OneDnnGraph (a frozen "
+        "TorchScript trace with oneDNN Graph fusion; opt-in, TorchScript is deprecated upstream) instead of "
+        "optimize_for_inference; trunks and FPN backbones"
+    )
     memory_format: Literal["contiguous", "channels_last"] | None = Field(
         default=None, description="override the config's memory_format for this model"
     )
@@ -145,6 +150,14 @@ class ModelSpec(_Section):
         if value is not None and (not value or any(v < 1 for v in value)):
             raise ValueError(f"must be a non-empty list of positive integers; got {value!r}")
         return value
+
+    @model_validator(mode="after")
+    def _graph_options(self) -> "ModelSpec":
+        if self.onednn_graph and self.type not in ("backbone", "fpn_backbone"):
+            raise ValueError(f"onednn_graph runs trunks and FPN backbones, not a {self.type} (see backbones.OneDnnGraph)")
+        if self.onednn_graph and self.compile:
+            raise ValueError("onednn_graph and compile are two ways to compile the model; choose one")
+        return self
 
     @model_validator(mode="after")
     def _known(self) -> "ModelSpec":
@@ -237,6 +250,15 @@ class BenchConfig(_Section):
             if self.amp_of(spec) != "none" and self.dtype != "float32":
                 raise ValueError(f"models.{i} ({spec.name}): amp {self.amp_of(spec)} autocasts a float32 model; "
                                  f"set dtype float32 (got {self.dtype})")
+        return self
+
+    @model_validator(mode="after")
+    def _onednn_graph_on_cpu_inference(self) -> "BenchConfig":
+        """onednn_graph replaces optimize_for_inference on the CPU; elsewhere it would be ignored."""
+        for i, spec in enumerate(self.models):
+            if spec.onednn_graph and (self.mode_of(spec) != "inference" or self.device != "cpu"):
+                raise ValueError(f"models.{i} ({spec.name}): onednn_graph applies to inference rows on the cpu; "
+                                 f"this model's rows are {self.mode_of(spec)} on {self.device}")
         return self
 
     def mode_of(self, spec: ModelSpec) -> str:

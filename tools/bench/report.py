@@ -12,7 +12,8 @@ from backbones_tools.bench.config import RUNTIME_SOURCES
 #: Scalar columns of results.csv, in order (results.json also has the per-peer list ``peers``).
 CSV_FIELDS = (
     "model", "type", "input_size", "batch", "mode", "dtype", "amp", "memory_format", "device", "hardware", "optimized",
-    "compiled", "threads", "allocator", "params", "gmacs", "latency_ms", "latency_p10_ms", "latency_p90_ms", "latency_min_ms",
+    "compiled", "onednn_graph", "threads", "allocator", "params", "gmacs", "latency_ms", "latency_p10_ms",
+    "latency_p90_ms", "latency_min_ms",
     "throughput", "peak_mem_mb", "peer", "peer_throughput", "peer_latency_ms", "peer_gmacs", "ratio", "ratio_best",
     "status", "error",
 )

@@ -52,8 +52,9 @@ def base_record(config: BenchConfig, spec: ModelSpec, size: int, batch: int) -> 
         "memory_format": spec.memory_format or config.memory_format,
         "device": config.device,
         "hardware": None,
-        "optimized": spec.optimize and mode == "inference",
+        "optimized": spec.optimize and mode == "inference" and not spec.onednn_graph,
         "compiled": spec.compile,
+        "onednn_graph": spec.onednn_graph and mode == "inference",
         "threads": None,
         "allocator": None,
         "params": None,
@@ -250,7 +251,11 @@ def _export_for_runtimes(row: _Row, ours: torch.nn.Module, kind: str,
 def _prepare_ours(row: _Row, ours: torch.nn.Module, kind: str) -> torch.nn.Module:
     """Our model as the row runs it: optimized if asked, in the row's mode and layout, compiled if asked."""
     spec = row.spec
-    if row.mode == "inference" and spec.optimize:
+    if row.mode == "inference" and spec.onednn_graph:
+        from backbones import OneDnnGraph
+
+        ours = OneDnnGraph(ours, channels_last=row.ours_format == torch.channels_last)
+    elif row.mode == "inference" and spec.optimize:
         _optimizer_for(kind)(ours, channels_last=row.ours_format == torch.channels_last)
     elif row.mode == "train_step" and spec.optimize and row.device.type == "cpu":
         row.record["optimized"] = use_gather_roi_align(ours) > 0  # train.fast_roi_align (CPU)
