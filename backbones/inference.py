@@ -47,7 +47,7 @@ from .compat import (
 )
 from .low_precision import check_inference_dtype, run_in_dtype
 from .trunk import ResNet
-from .winograd import MIN_CHANNELS, winograd_conv3x3, winograd_pays, winograd_weight
+from .winograd import winograd_conv3x3, winograd_pays, winograd_weight
 
 __all__ = [
     "FusedConv2d",
@@ -392,16 +392,15 @@ def fuse_activations(model: nn.Module) -> int:
 
 def use_winograd(model: nn.Module, enabled: bool = True) -> int:
     """Let every :class:`FusedConv2d` of ``model`` that is a plain 3x3 convolution (stride 1, padding
-    1, no dilation or groups, at least ``backbones.winograd.MIN_CHANNELS`` channels in and out) run
-    as a Winograd convolution on the inputs where that is faster (``backbones.winograd``); with
-    ``enabled=False``, none. Returns how many convolutions may."""
+    1, no dilation or groups) run as a Winograd convolution where that is faster: with enough
+    channels, on big enough inputs, for this CPU (``backbones.winograd.winograd_pays``, checked on
+    each call); with ``enabled=False``, none. Returns how many convolutions may."""
     count = 0
     for conv in model.modules():
         if isinstance(conv, FusedConv2d):
             conv.winograd = enabled and (
                 conv.kernel_size == (3, 3) and conv.stride == (1, 1) and conv.padding == (1, 1)
                 and conv.dilation == (1, 1) and conv.groups == 1 and conv.padding_mode == "zeros"
-                and min(conv.in_channels, conv.out_channels) >= MIN_CHANNELS
             )
             count += conv.winograd
     return count
@@ -457,10 +456,11 @@ def optimize_for_inference(
     gain a ``bias``, so the ``state_dict`` loses the ``bn*`` keys and gains ``conv*.bias``: load
     checkpoints before calling this.
 
-    ``winograd``: fused 3x3 convolutions with 256 channels or more in and out run as Winograd
-    F(4x4, 3x3) convolutions on inputs big enough for that to be faster (1.2-1.5x on such layers;
-    detectors' P2/P3 levels), in fp32 only; their rounding error is larger (relative 1e-5 instead of
-    2e-6, see ``backbones.winograd``). ``winograd=False`` keeps oneDNN's direct convolution everywhere.
+    ``winograd``: fused 3x3 convolutions with enough channels (256 with AVX-512, 128 otherwise) run as
+    Winograd F(4x4, 3x3) convolutions on inputs big enough for that to be faster (1.2-1.5x on such
+    layers with AVX-512; detectors' P2-P4 levels), in fp32 only; their rounding error is larger
+    (relative 1e-5 instead of 2e-6, see ``backbones.winograd``). ``winograd=False`` keeps oneDNN's
+    direct convolution everywhere.
 
     ``dtype=torch.bfloat16`` (opt-in) computes in bf16 after folding in fp32, behind an fp32
     interface: inputs are cast on the way in, outputs back to float32 (``backbones.low_precision``).

@@ -8,7 +8,7 @@ convolution, at the price of moving more memory and of a larger rounding error (
 direct convolution: relative 1e-5 instead of 2e-6). oneDNN no longer ships an fp32 Winograd kernel
 for AVX2/AVX-512, hence this one, built from PyTorch ops (the transforms are batched 6x6 matmuls).
 
-It pays only where the GEMMs are large. On a 2-core AMD EPYC (AVX512-BF16, fp32, 2 threads) a
+It pays only where the GEMMs are large (:data:`THRESHOLDS`, by CPU kind). On a 2-core AMD EPYC (AVX512-BF16, fp32, 2 threads) a
 256-channel 3x3 layer with bias and ReLU on a 200x200 map (a detector's P2 level at 800 px) took
 82 ms instead of 120 ms, 21 instead of 30 ms on 100x100, 6.1 instead of 7.7 ms on 50x50; with 128
 channels, 7.2 instead of 7.4 ms on 100x100, and on small maps (8 images of 14x14, 512 channels on
@@ -18,11 +18,13 @@ channels, 7.2 instead of 7.4 ms on 100x100, and on small maps (8 images of 14x14
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from .compat import onednn_conv_pointwise
 
-__all__ = ["winograd_conv3x3", "winograd_pays", "winograd_weight"]
+__all__ = ["THRESHOLDS", "thresholds", "winograd_conv3x3", "winograd_pays", "winograd_weight"]
 
 #: Lavin & Gray's F(4x4, 3x3) matrices (input, weight and output transforms).
 _BT = ((4, 0, -5, 0, 1, 0), (0, -4, -4, 1, 1, 0), (0, 4, -4, -1, 1, 0),
@@ -31,16 +33,29 @@ _G = ((1 / 4, 0, 0), (-1 / 6, -1 / 6, -1 / 6), (-1 / 6, 1 / 6, -1 / 6),
       (1 / 24, 1 / 12, 1 / 6), (1 / 24, -1 / 12, 1 / 6), (0, 0, 1))
 _AT = ((1, 1, 1, 1, 1, 0), (0, 1, -1, 2, -2, 0), (0, 1, 1, 4, 4, 0), (0, 1, -1, 8, -8, 1))
 
-#: Below these (channels in and out; 4x4 output tiles per image, ~40x40 outputs), the direct
-#: convolution is as fast or faster (see the module docstring).
-MIN_CHANNELS = 256
-MIN_TILES = 100
+#: By CPU kind (ATen's CPU capability): the fewest channels (in and out) and 4x4 output tiles per
+#: image (100: about 40x40 outputs) at which Winograd was faster than the direct convolution, in
+#: turns, 2 threads. With AVX-512 (AVX512-BF16 AMD EPYC) 128 channels gained nothing; with AVX2
+#: (the same CPU with oneDNN, ATen and MKL capped to AVX2) 128 channels on 100x100 gained 1.28x, on
+#: 50x50 1.06x, and 256 channels on 200x200 more than on AVX-512. Other kinds get AVX-512's.
+THRESHOLDS = {"AVX512": (256, 100), "AVX2": (128, 100)}
+
+
+@functools.cache
+def _cpu_capability() -> str:
+    return torch.backends.cpu.get_cpu_capability()
+
+
+def thresholds() -> tuple[int, int]:
+    """(channels, tiles per image) from which Winograd pays on this CPU, decided at run time."""
+    return THRESHOLDS.get(_cpu_capability(), THRESHOLDS["AVX512"])
 
 
 def winograd_pays(x: torch.Tensor, in_channels: int, out_channels: int) -> bool:
-    """Whether the Winograd path is faster than oneDNN's direct convolution for this input."""
+    """Whether the Winograd path is faster than oneDNN's direct convolution for this input on this CPU."""
     _, _, h, w = x.shape
-    return min(in_channels, out_channels) >= MIN_CHANNELS and -(-h // 4) * -(-w // 4) >= MIN_TILES
+    channels, tiles = thresholds()
+    return min(in_channels, out_channels) >= channels and -(-h // 4) * -(-w // 4) >= tiles
 
 
 def winograd_weight(weight: torch.Tensor, bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:

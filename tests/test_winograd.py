@@ -57,20 +57,27 @@ def test_equals_the_direct_convolution(shape, out_channels, relu, with_bias):
     assert (got.double() - _reference(x, w, b, relu)).abs().max() > 0  # it is not the direct conv
 
 
-def test_pays_only_on_big_layers():
+@pytest.mark.parametrize("capability", ["AVX512", "AVX2", "DEFAULT"])
+def test_pays_only_on_big_layers(monkeypatch: pytest.MonkeyPatch, capability: str):
+    """Decided by the CPU kind at run time: with AVX2, from 128 channels; otherwise from 256."""
+    monkeypatch.setattr(winograd, "_cpu_capability", lambda: capability)
     big = torch.empty(1, 256, 200, 200)
     assert winograd_pays(big, 256, 256)
-    assert not winograd_pays(big, 128, 256)  # too few channels
+    assert winograd_pays(big, 128, 256) == (capability == "AVX2")
+    assert not winograd_pays(big, 64, 256)  # too few channels on every kind
     assert winograd_pays(torch.empty(1, 256, 50, 50), 256, 256)  # 169 tiles
     assert not winograd_pays(torch.empty(8, 256, 14, 14), 256, 256)  # 16 tiles per image
+
+
+def test_thresholds_follow_the_running_cpu():
+    expected = winograd.THRESHOLDS.get(torch.backends.cpu.get_cpu_capability(), winograd.THRESHOLDS["AVX512"])
+    assert winograd.thresholds() == expected
 
 
 @pytest.fixture
 def small_layers_pay(monkeypatch: pytest.MonkeyPatch) -> None:
     """Let the Winograd path run on the tests' small layers (8+ channels, any size)."""
-    monkeypatch.setattr(winograd, "MIN_CHANNELS", 8)
-    monkeypatch.setattr(inference, "MIN_CHANNELS", 8)
-    monkeypatch.setattr(winograd, "MIN_TILES", 1)
+    monkeypatch.setattr(winograd, "THRESHOLDS", {"AVX512": (8, 1), "AVX2": (8, 1)})
 
 
 @pytest.fixture
@@ -91,8 +98,8 @@ def test_fused_conv_takes_it_where_it_pays(small_layers_pay, calls):
                           nn.Conv2d(8, 4, 3, padding=1)).eval()
     ref = copy.deepcopy(convs)
     fast = optimize_for_inference(convs)
-    # stride 2, and 4 output channels (< MIN_CHANNELS), keep the direct convolution
-    assert [m.winograd for m in fast if isinstance(m, FusedConv2d)] == [True, False, False]
+    # stride 2 keeps the direct convolution; 4 output channels are too few for Winograd to pay
+    assert [m.winograd for m in fast if isinstance(m, FusedConv2d)] == [True, False, True]
     x = torch.randn(2, 8, 12, 16)
     with torch.inference_mode():
         assert_close_rel(fast(x), ref(x), rtol=RTOL, what="sequential")
