@@ -8,6 +8,7 @@ behaves as relied on here, and names the API and the installed versions when it 
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import torch
@@ -38,6 +39,17 @@ _ONEDNN_POINTWISE_INPLACE = _find_onednn_pointwise_inplace()
 def has_onednn_pointwise() -> bool:
     """Whether :func:`onednn_conv_pointwise` can run (torch built with oneDNN and the op present)."""
     return _ONEDNN_POINTWISE is not None and torch.backends.mkldnn.is_available()
+
+
+@functools.cache
+def onednn_bf16_supported() -> bool:
+    """Whether PyTorch's oneDNN ops run bf16 on this CPU (``torch.ops.mkldnn._is_mkldnn_bf16_supported``:
+    AVX-512 BW/VL/DQ or AVX-NE-CONVERT; on an AVX2-only CPU they refuse bf16). Without the function:
+    ATen's CPU capability says AVX-512."""
+    probe = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    if probe is not None:
+        return bool(probe())
+    return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
 
 
 def onednn_conv_pointwise(

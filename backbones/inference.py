@@ -41,6 +41,7 @@ from .compat import (
     has_onednn_linear,
     has_onednn_pointwise,
     named_child_slots,
+    onednn_bf16_supported,
     onednn_conv_pointwise,
     onednn_linear,
     onednn_prepack_weight,
@@ -60,8 +61,6 @@ __all__ = [
     "use_winograd",
 ]
 
-#: Dtypes the oneDNN paths of :class:`FusedConv2d` and :class:`OneDnnLinear` run in.
-_ONEDNN_DTYPES = (torch.float32, torch.bfloat16)
 _FOLDABLE_NORMS = (nn.BatchNorm2d, nn.SyncBatchNorm, FrozenBatchNorm2d)
 #: Attribute pairs (conv, norm) of the blocks and trunks of this package and torchvision's ResNets.
 _NAMED_PAIRS = (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3"))
@@ -71,6 +70,13 @@ _NAMED_PAIR_OWNERS = (ResidualBlock, ResNet, tv_resnet.BasicBlock, tv_resnet.Bot
 _FUSABLE_BLOCKS = (BasicBlock, Bottleneck, Bottle2neck)
 #: Whole detectors and their RoI poolers, whose inference path is ``heads.optimize_for_inference``.
 _DETECTOR_PARTS = (GeneralizedRCNN, RetinaNet, FCOS, MultiScaleRoIAlign)
+
+
+def _onednn_runs(dtype: torch.dtype) -> bool:
+    """Whether the oneDNN paths of :class:`FusedConv2d` and :class:`OneDnnLinear` run ``dtype`` here:
+    fp32 always, bf16 where the CPU supports it (elsewhere PyTorch's oneDNN ops refuse bf16, and the
+    layers fall back to ``F.conv2d``/``F.linear``)."""
+    return dtype == torch.float32 or (dtype == torch.bfloat16 and onednn_bf16_supported())
 
 
 def _conv_like(cls: type[nn.Conv2d], conv: nn.Conv2d, **kwargs: Any) -> nn.Conv2d:
@@ -231,7 +237,7 @@ class FusedConv2d(nn.Conv2d):
             return False
         return (
             x.device.type == "cpu"
-            and x.dtype in _ONEDNN_DTYPES
+            and _onednn_runs(x.dtype)
             and self.weight.dtype == x.dtype
             and (residual is None or (residual.dtype == x.dtype and residual.shape[1] == self.out_channels))
             and self.padding_mode == "zeros"
@@ -284,7 +290,7 @@ class OneDnnLinear(nn.Linear):
         """``weight``: use this weight (``self.weight``'s shape; e.g. with its input features permuted)
         in place of ``self.weight``."""
         weight = self.weight if weight is None else weight
-        if (x.device.type == "cpu" and x.dtype in _ONEDNN_DTYPES and weight.dtype == x.dtype
+        if (x.device.type == "cpu" and _onednn_runs(x.dtype) and weight.dtype == x.dtype
                 and x.dim() >= 2 and not torch.compiler.is_compiling() and has_onednn_linear()
                 and torch.backends.mkldnn.enabled
                 and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))):

@@ -250,3 +250,21 @@ def test_retinanet_regression_loss_type():
         loss, expected / len(targets),
         msg=lambda m: _broken(api, f"set to 'giou' no longer gives the GIoU box loss ({m})", "heads/compat.py"),
     )
+
+
+@pytest.mark.skipif(not backbones_compat.has_onednn_pointwise(), reason="torch without the oneDNN convolution op")
+def test_onednn_bf16_probe_matches_what_the_op_does():
+    """``torch.ops.mkldnn._is_mkldnn_bf16_supported`` says whether oneDNN's bf16 convolution runs on
+    this CPU (it refuses bf16 on AVX2-only CPUs), so the fused layers know when to fall back."""
+    api = "torch.ops.mkldnn._is_mkldnn_bf16_supported"
+    x = torch.randn(1, 4, 6, 6, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(4, 4, 3, 3, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    try:
+        backbones_compat.onednn_conv_pointwise(x, weight, None, padding=(1, 1), stride=(1, 1), dilation=(1, 1),
+                                               groups=1, relu=False)
+        runs = True
+    except RuntimeError:
+        runs = False
+    assert backbones_compat.onednn_bf16_supported() == runs, _broken(
+        api, f"says {backbones_compat.onednn_bf16_supported()} where the bf16 convolution {'runs' if runs else 'fails'}",
+        "backbones/compat.py")
