@@ -18,6 +18,7 @@ from backbones_tools.bench.check import FP32_RTOL, compare_detections, compare_t
 from backbones_tools.bench.config import BenchConfig
 from backbones_tools.bench.report import markdown_table
 from backbones_tools.bench.runner import run_benchmark
+from backbones_tools.engine.precision import cpu_has_native_bf16
 
 
 @pytest.fixture(autouse=True)
@@ -161,6 +162,7 @@ def test_runtime_peers_skip_rows_they_do_not_apply_to():
 
 
 @pytest.mark.skipif(not (INSTALLED["onnx"] and INSTALLED["openvino"]), reason="needs onnx and openvino")
+@pytest.mark.skipif(not cpu_has_native_bf16(), reason="OpenVINO's bf16 hint needs a CPU with native bf16 (AVX512-BF16 or AMX)")
 def test_openvino_runs_a_bf16_row_in_bf16(tmp_path: Path):
     """A bfloat16 row: ours in bf16, OpenVINO with its bf16 precision hint, outputs compared at the
     reduced-precision tolerance; ONNX Runtime (no bf16 CPU path) skipped with the reason."""
