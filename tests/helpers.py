@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 from torch import nn
 
@@ -35,3 +37,11 @@ def assert_close_rel(ours: torch.Tensor, ref: torch.Tensor, rtol: float = 1e-5, 
     err = (ours - ref).abs().max().item()
     assert scale > 0, f"{what}: reference output is all zero; the comparison would be vacuous"
     assert err <= rtol * scale, f"{what}: max abs diff {err:.3g} > {rtol} x output scale {scale:.3g}"
+
+
+def assert_outputs_close_rel(ours: Mapping[str, torch.Tensor], ref: Mapping[str, torch.Tensor], rtol: float = 1e-5,
+                             what: str = "") -> None:
+    """The same keys in the same order, and :func:`assert_close_rel` on each value."""
+    assert list(ours) == list(ref), f"{what}: keys {list(ours)} != {list(ref)}"
+    for key in ref:
+        assert_close_rel(ours[key], ref[key], rtol=rtol, what=f"{what} {key}".strip())
