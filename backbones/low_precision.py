@@ -5,8 +5,9 @@ fp32; its floating-point inputs are cast to bfloat16 on the way in and its float
 back to float32 on the way out, so callers see the same types as with the fp32 model. The fused
 convolutions and linear layers then run oneDNN's bf16 kernels.
 
-Fast only on CPUs that compute in bf16 natively (AVX512-BF16, AMX) and on GPUs; elsewhere oneDNN
-emulates bf16 and inference gets several times slower. Outputs differ from fp32 by bf16 rounding
+Fast only on CPUs that compute in bf16 natively (AVX512-BF16, AMX) and on GPUs; elsewhere bf16 is
+emulated (by oneDNN on other AVX-512 CPUs, by ATen's convolutions on AVX2-only ones, where oneDNN
+refuses bf16) and inference gets several times slower. Outputs differ from fp32 by bf16 rounding
 (8 bits of mantissa): state the difference for your model before relying on it.
 """
 

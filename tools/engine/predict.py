@@ -158,8 +158,8 @@ def inference_dtype(precision: str, device: torch.device) -> torch.dtype:
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
     if precision == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
-        warnings.warn(f"--precision bf16: {cpu_model_name()} has no native bf16 (AVX512-BF16 or AMX); oneDNN "
-                      "emulates it and inference is several times slower than fp32", stacklevel=2)
+        warnings.warn(f"--precision bf16: {cpu_model_name()} has no native bf16 (AVX512-BF16 or AMX); bf16 "
+                      "is emulated and inference is several times slower than fp32", stacklevel=2)
     return PRECISIONS[precision]
 
 
