@@ -218,7 +218,7 @@ class FusedConv2d(nn.Conv2d):
             input_shape=x.shape))
 
     def _use_winograd(self, x: torch.Tensor, residual: torch.Tensor | None) -> bool:
-        return (self.winograd and residual is None and x.dtype == torch.float32 and x.dim() == 4
+        return (self.__dict__.get("winograd", False) and residual is None  # absent in older pickles and x.dtype == torch.float32 and x.dim() == 4
                 and winograd_pays(x, self.in_channels, self.out_channels))
 
     @classmethod

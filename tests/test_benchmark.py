@@ -75,6 +75,7 @@ def _config(**overrides) -> dict:
         ({"models": [{"model": "deeplabv3", "type": "segmenter", "backbone": "resnet18", "onednn_graph": True}]},
          r"onednn_graph runs trunks and FPN backbones, not a segmenter"),
         ({"models": [{"model": "resnet18", "onednn_graph": True, "compile": True}]}, r"onednn_graph and compile"),
+        ({"models": [{"model": "resnet18", "onednn_graph": True, "optimize": False}]}, r"optimize: false would be ignored"),
     ],
 )
 def test_bad_config_is_a_clear_error(overrides: dict, message: str):

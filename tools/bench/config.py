@@ -157,6 +157,9 @@ class ModelSpec(_Section):
             raise ValueError(f"onednn_graph runs trunks and FPN backbones, not a {self.type} (see backbones.OneDnnGraph)")
         if self.onednn_graph and self.compile:
             raise ValueError("onednn_graph and compile are two ways to compile the model; choose one")
+        if self.onednn_graph and not self.optimize:
+            raise ValueError("onednn_graph folds the norms as optimize does (it replaces optimize_for_inference); "
+                             "optimize: false would be ignored: leave it out")
         return self
 
     @model_validator(mode="after")
