@@ -218,7 +218,8 @@ class FusedConv2d(nn.Conv2d):
             input_shape=x.shape))
 
     def _use_winograd(self, x: torch.Tensor, residual: torch.Tensor | None) -> bool:
-        return (self.__dict__.get("winograd", False) and residual is None  # absent in older pickles and x.dtype == torch.float32 and x.dim() == 4
+        enabled = self.__dict__.get("winograd", False)  # absent in a FusedConv2d pickled by an older version
+        return (enabled and residual is None and x.dtype == torch.float32 and x.dim() == 4
                 and winograd_pays(x, self.in_channels, self.out_channels))
 
     @classmethod
