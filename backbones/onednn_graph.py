@@ -84,6 +84,8 @@ class OneDnnGraph(nn.Module):
         return graph
 
     def forward(self, x: torch.Tensor) -> Any:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"OneDnnGraph takes one image batch tensor; got {type(x).__name__}")
         if torch.is_grad_enabled() and x.requires_grad:
             raise RuntimeError("OneDnnGraph is for inference: call it under torch.no_grad() or torch.inference_mode()")
         if self.channels_last and x.dim() == 4:

@@ -51,6 +51,8 @@ def test_what_it_cannot_run_is_a_clear_error():
     graph = OneDnnGraph(create_backbone("resnet18", out_features=("c2",)))
     with pytest.raises(RuntimeError, match="inference"):
         graph(torch.randn(1, 3, 32, 32, requires_grad=True))
+    with pytest.raises(TypeError, match="one image batch tensor; got list"):
+        graph([torch.randn(3, 32, 32)])
     segmenter = OneDnnGraph(build_segmenter("deeplabv3", backbone="resnet18", num_classes=3, aux=False))
     with torch.no_grad(), pytest.raises(RuntimeError, match="cannot run DeepLabV3.*optimize_for_inference"):
         segmenter(torch.randn(1, 3, 64, 64))
