@@ -261,7 +261,8 @@ class FusedConv2d(nn.Conv2d):
         path may write the result into it (the returned tensor is then ``residual``)."""
         if self._onednn(x, residual):
             if self._use_winograd(x, residual):
-                weight, bias = self._cached("_winograd", lambda: winograd_weight(self.weight, self.bias))
+                weight, bias = self._cached(
+                    "_winograd", lambda: winograd_weight(self.weight, self.bias, input_shape=x.shape))
                 return winograd_conv3x3(x, weight, bias, relu=self.relu)
             return onednn_conv_pointwise(
                 x, self._onednn_weight(x), self.bias, padding=self.padding, stride=self.stride,

@@ -57,6 +57,20 @@ def test_equals_the_direct_convolution(shape, out_channels, relu, with_bias):
     assert (got.double() - _reference(x, w, b, relu)).abs().max() > 0  # it is not the direct conv
 
 
+def test_prepacked_weight_runs_any_input_shape():
+    """``input_shape`` gives the weight in oneDNN's blocked layout (no reorder per call); inputs of
+    that shape and of others get the plain weight's outputs."""
+    w, b = torch.randn(16, 8, 3, 3) / 3, torch.randn(16)
+    plain = winograd_weight(w, b)
+    packed = winograd_weight(w, b, input_shape=(2, 8, 16, 20))
+    if hasattr(torch.ops.mkldnn, "_reorder_convolution_weight"):
+        assert packed[0].is_mkldnn and not plain[0].is_mkldnn
+    for shape in [(2, 8, 16, 20), (1, 8, 9, 13)]:
+        x = torch.randn(shape).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            torch.testing.assert_close(winograd_conv3x3(x, *packed, relu=True), winograd_conv3x3(x, *plain, relu=True))
+
+
 @pytest.mark.parametrize("capability", ["AVX512", "AVX2", "DEFAULT"])
 def test_pays_only_on_big_layers(monkeypatch: pytest.MonkeyPatch, capability: str):
     """Decided by the CPU kind at run time: with AVX2, from 128 channels; otherwise from 256."""
@@ -104,6 +118,7 @@ def test_fused_conv_takes_it_where_it_pays(small_layers_pay, calls):
     with torch.inference_mode():
         assert_close_rel(fast(x), ref(x), rtol=RTOL, what="sequential")
     assert calls == [(2, 8, 12, 16)]
+    assert fast[0]._winograd[1][0].is_mkldnn or not hasattr(torch.ops.mkldnn, "_reorder_convolution_weight")
     with torch.no_grad():
         fast[0].weight.mul_(-1)
         ref[0].weight.mul_(-1)

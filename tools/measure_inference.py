@@ -155,12 +155,13 @@ def _box_head(args: argparse.Namespace) -> None:
 
 
 def _winograd(args: argparse.Namespace) -> None:
-    """Single 3x3 layers (+ bias + ReLU) as oneDNN's direct convolution and as a Winograd one, and
-    whether ``winograd_pays`` picks Winograd for them."""
+    """Single 3x3 layers (+ bias + ReLU) as oneDNN's direct convolution and as a Winograd one (both
+    with their weights prepacked, as ``FusedConv2d`` runs them), and whether ``winograd_pays`` picks
+    Winograd for them."""
     import torch
     import torch.nn.functional as F
 
-    from backbones.compat import onednn_conv_pointwise
+    from backbones.compat import onednn_conv_pointwise, onednn_prepack_weight
     from backbones.winograd import winograd_conv3x3, winograd_pays, winograd_weight
 
     for channels, size in ((256, 200), (256, 100), (256, 64), (256, 50), (128, 100)):
@@ -168,13 +169,15 @@ def _winograd(args: argparse.Namespace) -> None:
         weight = (torch.randn(channels, channels, 3, 3) / (3 * channels**0.5)).contiguous(
             memory_format=torch.channels_last)
         bias = torch.randn(channels) / 10
-        packed = winograd_weight(weight, bias)
-        options = {"padding": (1, 1), "stride": (1, 1), "dilation": (1, 1), "groups": 1, "relu": True}
+        packed = winograd_weight(weight, bias, input_shape=x.shape)
+        geometry = {"padding": (1, 1), "stride": (1, 1), "dilation": (1, 1), "groups": 1}
+        options = {**geometry, "relu": True}
+        direct = onednn_prepack_weight(weight, **geometry, input_shape=x.shape)
         with torch.inference_mode():
             exact = F.relu(F.conv2d(x.double(), weight.double(), bias.double(), padding=1))
             errors = [(out.double() - exact).abs().max().item() / exact.abs().max().item() for out in
-                      (onednn_conv_pointwise(x, weight, bias, **options), winograd_conv3x3(x, *packed, relu=True))]
-            times = _median_ms({"direct": lambda: onednn_conv_pointwise(x, weight, bias, **options),
+                      (onednn_conv_pointwise(x, direct, bias, **options), winograd_conv3x3(x, *packed, relu=True))]
+            times = _median_ms({"direct": lambda: onednn_conv_pointwise(x, direct, bias, **options),
                                 "winograd": lambda: winograd_conv3x3(x, *packed, relu=True)}, args.rounds)
         print(f"  3x3 {channels:3d} ch on {size:3d}x{size:<3d}     direct {times['direct']:6.1f} ms, "
               f"Winograd {times['winograd']:6.1f} ms ({times['direct'] / times['winograd']:.2f}x; "
