@@ -6,26 +6,30 @@ transformed positions are multiplied as 36 GEMMs (one grouped 1x1 oneDNN convolu
 products transformed back (``A^T m A``). It does 4x fewer multiplications than the direct
 convolution, at the price of moving more memory and of a larger rounding error (about 7x that of the
 direct convolution: relative 1e-5 instead of 2e-6). oneDNN no longer ships an fp32 Winograd kernel
-for AVX2/AVX-512, hence this one, built from PyTorch ops (the transforms are batched 6x6 matmuls).
+for AVX2/AVX-512, hence this one: the GEMMs are oneDNN's, the transforms fused loops compiled by
+Numba (:mod:`backbones.winograd_kernels`, ``pip install ".[fast]"``), or without Numba PyTorch ops
+(batched 6x6 matmuls, 3-4x slower).
 
-It pays only where the GEMMs are large (:data:`THRESHOLDS`, by CPU kind). On a 2-core AMD EPYC (AVX512-BF16, fp32, 2 threads) a
-256-channel 3x3 layer with bias and ReLU on a 200x200 map (a detector's P2 level at 800 px) took
-82 ms instead of 120 ms, 21 instead of 30 ms on 100x100, 6.1 instead of 7.7 ms on 50x50; with 128
-channels, 7.2 instead of 7.4 ms on 100x100, and on small maps (8 images of 14x14, 512 channels on
-25x25) it was slower (``python tools/measure_inference.py`` prints the first ones).
-:func:`winograd_pays` encodes that.
+It pays only where the GEMMs are large enough (:data:`THRESHOLDS`, by CPU kind and transforms).
+On a 2-core AMD EPYC (AVX512-BF16, fp32, 2 threads, fused transforms) a 256-channel 3x3 layer with
+bias and ReLU took 63 ms instead of 135 ms on a 200x200 map (a detector's P2 level at 800 px), 13
+instead of 32 ms on 100x100, 5.4 instead of 13 ms on 50x50; with 128 channels, 4.0 instead of 6.5
+ms on 8 images of 28x28 (a ResNet's layer2 at 224 px); on 8 images of 7x7 with 512 channels it was
+slower (``python tools/measure_inference.py`` prints some). :func:`winograd_pays` encodes that.
 """
 
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
 from .compat import onednn_conv_pointwise, onednn_prepack_weight
 
-__all__ = ["THRESHOLDS", "thresholds", "winograd_conv3x3", "winograd_pays", "winograd_weight"]
+__all__ = ["THRESHOLDS", "TORCH_OP_THRESHOLDS", "fused_transforms", "thresholds", "winograd_conv3x3", "winograd_pays", "winograd_weight"]
 
 #: Lavin & Gray's F(4x4, 3x3) matrices (input, weight and output transforms).
 _BT = ((4, 0, -5, 0, 1, 0), (0, -4, -4, 1, 1, 0), (0, 4, -4, -1, 1, 0),
@@ -35,11 +39,16 @@ _G = ((1 / 4, 0, 0), (-1 / 6, -1 / 6, -1 / 6), (-1 / 6, 1 / 6, -1 / 6),
 _AT = ((1, 1, 1, 1, 1, 0), (0, 1, -1, 2, -2, 0), (0, 1, 1, 4, 4, 0), (0, 1, -1, 8, -8, 1))
 
 #: By CPU kind (ATen's CPU capability): the fewest channels (in and out) and 4x4 output tiles per
-#: image (100: about 40x40 outputs) at which Winograd was faster than the direct convolution, in
-#: turns, 2 threads. With AVX-512 (AVX512-BF16 AMD EPYC) 128 channels gained nothing; with AVX2
-#: (the same CPU with oneDNN, ATen and MKL capped to AVX2) 128 channels on 100x100 gained 1.28x, on
-#: 50x50 1.06x, and 256 channels on 200x200 more than on AVX-512. Other kinds get AVX-512's.
-THRESHOLDS = {"AVX512": (256, 100), "AVX2": (128, 100)}
+#: image at which Winograd with the fused Numba transforms was faster than oneDNN's direct
+#: convolution, in turns, 2 threads, on a 2-core AMD EPYC (AVX512-BF16; "AVX2": the same CPU with
+#: oneDNN, ATen and MKL capped to AVX2 and Numba compiling for Haswell). AVX-512: 128 channels on
+#: 28x28 (49 tiles) gained 1.2-2x, on 14x14 (16 tiles) 0.94-1.28x; 64 channels 0.9-1.1x. AVX2: 64
+#: channels gained 1.25x, 52 channels on 28x28 1.6x, 256 on 14x14 1.4-1.7x, 512 on 7x7 (4 tiles)
+#: lost. Other CPU kinds get AVX-512's (``python tools/measure_inference.py`` prints some).
+THRESHOLDS = {"AVX512": (128, 40), "AVX2": (48, 16)}
+#: The same without Numba (the PyTorch-op transforms, 3-4x slower): with AVX-512 128 channels
+#: gained nothing; with AVX2 128 channels on 100x100 gained 1.28x, on 50x50 1.06x.
+TORCH_OP_THRESHOLDS = {"AVX512": (256, 100), "AVX2": (128, 100)}
 
 
 @functools.cache
@@ -48,8 +57,10 @@ def _cpu_capability() -> str:
 
 
 def thresholds() -> tuple[int, int]:
-    """(channels, tiles per image) from which Winograd pays on this CPU, decided at run time."""
-    return THRESHOLDS.get(_cpu_capability(), THRESHOLDS["AVX512"])
+    """(channels, tiles per image) from which Winograd pays on this CPU with the transforms it has,
+    decided at run time."""
+    table = THRESHOLDS if fused_transforms() is not None else TORCH_OP_THRESHOLDS
+    return table.get(_cpu_capability(), table["AVX512"])
 
 
 def winograd_pays(x: torch.Tensor, in_channels: int, out_channels: int) -> bool:
@@ -113,19 +124,47 @@ def _output_tiles(m: torch.Tensor, th: int, tw: int) -> torch.Tensor:
     return out.view(n, th, tw, 4, 4, o).permute(0, 1, 3, 2, 4, 5)
 
 
+@functools.cache
+def fused_transforms() -> Any:
+    """:mod:`backbones.winograd_kernels` (the transforms as fused Numba loops) where Numba is
+    installed and its loops run here, else ``None`` (the PyTorch-op transforms run instead). The
+    first call compiles the loops, or loads them from Numba's disk cache."""
+    try:
+        from . import winograd_kernels
+    except ImportError:  # Numba is optional: pip install ".[fast]"
+        return None
+    try:
+        probe = torch.ones(1, 1, 4, 4).contiguous(memory_format=torch.channels_last)
+        winograd_kernels.output_transform(winograd_kernels.input_transform(probe, 1, 1).view(1, 1, 1, 36)
+                                          .permute(0, 3, 1, 2), torch.empty_like(probe), relu=True)
+    except Exception as exc:  # e.g. no threading layer Numba can load on this machine
+        warnings.warn(f"Winograd convolutions use their slower PyTorch-op transforms: Numba's loops failed "
+                      f"here ({type(exc).__name__}: {exc})", RuntimeWarning, stacklevel=2)
+        return None
+    return winograd_kernels
+
+
 def winograd_conv3x3(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *, relu: bool = False
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *, relu: bool = False, fused: bool | None = None
 ) -> torch.Tensor:
     """``act(conv3x3(x) + bias)`` with stride 1 and padding 1, from :func:`winograd_weight`'s
-    ``weight`` and ``bias``; fp32 CPU tensors without autograd. Returns a channels-last tensor."""
+    ``weight`` and ``bias``; fp32 CPU tensors without autograd. Returns a channels-last tensor.
+    ``fused``: transform with the Numba loops (``True``) or PyTorch ops (``False``); by default the
+    loops where :func:`fused_transforms` has them."""
     n, c, h, w = x.shape
     out_channels = weight.shape[0] // 36
     th, tw = -(-h // 4), -(-w // 4)
-    tiles = _input_tiles(x, th, tw).permute(0, 3, 1, 2)  # an (N, 36 * C, th, tw) channels-last view
-    products = onednn_conv_pointwise(tiles, weight, bias, padding=(0, 0), stride=(1, 1), dilation=(1, 1),
-                                     groups=36, relu=False, residual=None, accumulate=False)
-    result = _output_tiles(products, th, tw)
+    kernels = fused_transforms() if fused is None or fused else None
+    if fused and kernels is None:
+        raise RuntimeError("the fused Winograd transforms need Numba (pip install '.[fast]')")
+    tiles = _input_tiles(x, th, tw) if kernels is None else kernels.input_transform(x, th, tw)
+    products = onednn_conv_pointwise(tiles.permute(0, 3, 1, 2), weight, bias, padding=(0, 0), stride=(1, 1),
+                                     dilation=(1, 1), groups=36, relu=False, residual=None, accumulate=False)
     out = torch.empty(n, out_channels, h, w, dtype=x.dtype, memory_format=torch.channels_last)
+    if kernels is not None:
+        kernels.output_transform(products, out, relu=relu)
+        return out
+    result = _output_tiles(products, th, tw)
     target = out.permute(0, 2, 3, 1)
     if h == 4 * th and w == 4 * tw:
         target = target.view(n, th, 4, tw, 4, out_channels)

@@ -214,3 +214,15 @@ def test_bad_config_file_exits_2(tmp_path: Path, capsys):
     path.write_text("models: [{model: resnet50}]\nbatch_sizes: [-8]\n")
     assert main(["--config", str(path)]) == 2
     assert "batch_sizes" in capsys.readouterr().err
+
+
+def test_hardware_names_the_winograd_transforms(monkeypatch: pytest.MonkeyPatch):
+    """CPU rows say which Winograd transforms ran (they decide which layers take Winograd)."""
+    import backbones.winograd as winograd
+    from backbones_tools.bench.measure import hardware
+
+    monkeypatch.setattr(winograd, "fused_transforms", lambda: None)
+    assert hardware(torch.device("cpu")).endswith("Winograd transforms: PyTorch ops (no Numba))")
+    pytest.importorskip("numba")
+    monkeypatch.setattr(winograd, "fused_transforms", lambda: object())
+    assert "Winograd transforms: Numba " in hardware(torch.device("cpu"))

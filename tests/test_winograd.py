@@ -21,6 +21,11 @@ from tests.helpers import assert_close_rel
 
 pytestmark = pytest.mark.skipif(not has_onednn_pointwise(), reason="needs torch's oneDNN convolution op")
 
+#: The two ways of transforming: PyTorch ops, and the fused Numba loops (where Numba is installed).
+TRANSFORMS = [pytest.param(False, id="torch-ops"),
+              pytest.param(True, id="numba", marks=pytest.mark.skipif(
+                  winograd.fused_transforms() is None, reason="needs Numba (pip install '.[fast]')"))]
+
 #: Winograd's rounding error relative to the output scale (measured: about 1.5e-5 in fp32).
 RTOL = 1e-4
 
@@ -30,31 +35,69 @@ def _reference(x, weight, bias, relu):
     return F.relu(out) if relu else out
 
 
-def test_hand_value():
+@pytest.mark.parametrize("fused", TRANSFORMS)
+def test_hand_value(fused):
     """All-ones 4x5 image and 3x3 kernel: each output counts its in-image neighbours (4 at the
     corners, 6 on the edges, 9 inside), plus the bias."""
     x = torch.ones(1, 1, 4, 5)
     weight, bias = winograd_weight(torch.ones(1, 1, 3, 3), torch.tensor([0.5]))
     expected = torch.tensor([[4, 6, 6, 6, 4], [6, 9, 9, 9, 6], [6, 9, 9, 9, 6], [4, 6, 6, 6, 4]]) + 0.5
     with torch.inference_mode():
-        torch.testing.assert_close(winograd_conv3x3(x, weight, bias)[0, 0], expected, rtol=0, atol=1e-5)
+        torch.testing.assert_close(winograd_conv3x3(x, weight, bias, fused=fused)[0, 0], expected, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("fused", TRANSFORMS)
 @pytest.mark.parametrize(
     "shape, out_channels, relu, with_bias",
-    [((1, 8, 16, 20), 8, True, True), ((2, 6, 13, 10), 12, False, True), ((1, 5, 7, 9), 3, True, False)],
+    [((1, 8, 16, 20), 8, True, True), ((2, 6, 13, 10), 12, False, True), ((1, 5, 7, 9), 3, True, False),
+     ((3, 17, 6, 23), 9, True, True)],
 )
-def test_equals_the_direct_convolution(shape, out_channels, relu, with_bias):
-    """Sizes that are and are not multiples of the 4x4 tile, batches, ReLU or not, no bias."""
+def test_equals_the_direct_convolution(shape, out_channels, relu, with_bias, fused):
+    """Sizes that are and are not multiples of the 4x4 tile, batches, ReLU or not, no bias, odd
+    channel counts (the fused loops' vector remainders)."""
     x = torch.randn(shape).contiguous(memory_format=torch.channels_last)
     w = torch.randn(out_channels, shape[1], 3, 3) / 3
     b = torch.randn(out_channels) if with_bias else None
     weight, bias = winograd_weight(w, b)
     with torch.inference_mode():
-        got = winograd_conv3x3(x, weight, bias, relu=relu)
+        got = winograd_conv3x3(x, weight, bias, relu=relu, fused=fused)
     assert got.is_contiguous(memory_format=torch.channels_last)
     assert_close_rel(got.double(), _reference(x, w, b, relu), rtol=RTOL, what="winograd")
     assert (got.double() - _reference(x, w, b, relu)).abs().max() > 0  # it is not the direct conv
+
+
+@pytest.mark.parametrize("fused", TRANSFORMS[1:])
+def test_fused_transforms_equal_the_torch_ops(fused):
+    """The Numba loops compute the PyTorch-op transforms (to float rounding), NCHW input included,
+    and are what runs by default; they use PyTorch's thread count."""
+    kernels = winograd.fused_transforms()
+    x = torch.randn(2, 24, 11, 18)  # NCHW: the loops take it channels-last
+    torch.testing.assert_close(kernels.input_transform(x, 3, 5), winograd._input_tiles(x, 3, 5), rtol=1e-5, atol=1e-4)
+    products = torch.randn(2, 36 * 7, 3, 5).contiguous(memory_format=torch.channels_last)
+    out = torch.empty(2, 7, 11, 18, memory_format=torch.channels_last)
+    kernels.output_transform(products, out, relu=False)
+    expected = winograd._output_tiles(products, 3, 5).reshape(2, 12, 20, 7)[:, :11, :18].permute(0, 3, 1, 2)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-4)
+    weight, bias = winograd_weight(torch.randn(7, 24, 3, 3), torch.randn(7))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        with torch.inference_mode():
+            torch.testing.assert_close(winograd_conv3x3(x, weight, bias), winograd_conv3x3(x, weight, bias, fused=True),
+                                       rtol=0, atol=0)
+        import numba
+        assert numba.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_fused_needs_numba(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(winograd, "fused_transforms", lambda: None)
+    weight, bias = winograd_weight(torch.randn(4, 4, 3, 3), None)
+    with pytest.raises(RuntimeError, match="Numba"):
+        winograd_conv3x3(torch.randn(1, 4, 8, 8), weight, bias, fused=True)
+    with torch.inference_mode():  # the default falls back to the PyTorch ops
+        assert winograd_conv3x3(torch.randn(1, 4, 8, 8), weight, bias).shape == (1, 4, 8, 8)
 
 
 def test_prepacked_weight_runs_any_input_shape():
@@ -73,25 +116,45 @@ def test_prepacked_weight_runs_any_input_shape():
 
 @pytest.mark.parametrize("capability", ["AVX512", "AVX2", "DEFAULT"])
 def test_pays_only_on_big_layers(monkeypatch: pytest.MonkeyPatch, capability: str):
-    """Decided by the CPU kind at run time: with AVX2, from 128 channels; otherwise from 256."""
+    """Decided by the CPU kind at run time, with the fused transforms: with AVX2 from 48 channels
+    and 16 tiles per image; otherwise from 128 channels and 40 tiles."""
     monkeypatch.setattr(winograd, "_cpu_capability", lambda: capability)
+    monkeypatch.setattr(winograd, "fused_transforms", lambda: object())
+    avx2 = capability == "AVX2"
+    assert winograd_pays(torch.empty(1, 256, 200, 200), 256, 256)
+    assert winograd_pays(torch.empty(8, 128, 28, 28), 128, 128)  # 49 tiles per image
+    assert winograd_pays(torch.empty(8, 64, 56, 56), 64, 64) == avx2
+    assert winograd_pays(torch.empty(8, 256, 14, 14), 256, 256) == avx2  # 16 tiles per image
+    assert winograd_pays(torch.empty(8, 52, 28, 28), 52, 104) == avx2
+    assert not winograd_pays(torch.empty(8, 32, 56, 56), 32, 32)  # too few channels on every kind
+    assert not winograd_pays(torch.empty(8, 512, 7, 7), 512, 512)  # 4 tiles per image
+
+
+@pytest.mark.parametrize("capability", ["AVX512", "AVX2", "DEFAULT"])
+def test_pays_later_without_numba(monkeypatch: pytest.MonkeyPatch, capability: str):
+    """The PyTorch-op transforms are slower: with AVX2 from 128 channels, otherwise from 256, and
+    100 tiles per image."""
+    monkeypatch.setattr(winograd, "_cpu_capability", lambda: capability)
+    monkeypatch.setattr(winograd, "fused_transforms", lambda: None)
     big = torch.empty(1, 256, 200, 200)
     assert winograd_pays(big, 256, 256)
     assert winograd_pays(big, 128, 256) == (capability == "AVX2")
-    assert not winograd_pays(big, 64, 256)  # too few channels on every kind
+    assert not winograd_pays(big, 64, 256)
     assert winograd_pays(torch.empty(1, 256, 50, 50), 256, 256)  # 169 tiles
-    assert not winograd_pays(torch.empty(8, 256, 14, 14), 256, 256)  # 16 tiles per image
+    assert not winograd_pays(torch.empty(8, 256, 28, 28), 256, 256)  # 49 tiles per image
 
 
 def test_thresholds_follow_the_running_cpu():
-    expected = winograd.THRESHOLDS.get(torch.backends.cpu.get_cpu_capability(), winograd.THRESHOLDS["AVX512"])
+    table = winograd.THRESHOLDS if winograd.fused_transforms() is not None else winograd.TORCH_OP_THRESHOLDS
+    expected = table.get(torch.backends.cpu.get_cpu_capability(), table["AVX512"])
     assert winograd.thresholds() == expected
 
 
 @pytest.fixture
 def small_layers_pay(monkeypatch: pytest.MonkeyPatch) -> None:
     """Let the Winograd path run on the tests' small layers (8+ channels, any size)."""
-    monkeypatch.setattr(winograd, "THRESHOLDS", {"AVX512": (8, 1), "AVX2": (8, 1)})
+    for name in ("THRESHOLDS", "TORCH_OP_THRESHOLDS"):
+        monkeypatch.setattr(winograd, name, {"AVX512": (8, 1), "AVX2": (8, 1)})
 
 
 @pytest.fixture

@@ -163,9 +163,12 @@ def _winograd(args: argparse.Namespace) -> None:
 
     from backbones.compat import onednn_conv_pointwise, onednn_prepack_weight
     from backbones.winograd import winograd_conv3x3, winograd_pays, winograd_weight
+    from backbones_tools.bench.measure import winograd_transforms
 
-    for channels, size in ((256, 200), (256, 100), (256, 64), (256, 50), (128, 100)):
-        x = torch.randn(1, channels, size, size).contiguous(memory_format=torch.channels_last)
+    print(f"  Winograd transforms: {winograd_transforms()}")
+    for batch, channels, size in ((1, 256, 200), (1, 256, 100), (1, 256, 50), (1, 128, 100), (8, 128, 28),
+                                  (8, 256, 14), (8, 64, 56)):
+        x = torch.randn(batch, channels, size, size).contiguous(memory_format=torch.channels_last)
         weight = (torch.randn(channels, channels, 3, 3) / (3 * channels**0.5)).contiguous(
             memory_format=torch.channels_last)
         bias = torch.randn(channels) / 10
@@ -179,7 +182,7 @@ def _winograd(args: argparse.Namespace) -> None:
                       (onednn_conv_pointwise(x, direct, bias, **options), winograd_conv3x3(x, *packed, relu=True))]
             times = _median_ms({"direct": lambda: onednn_conv_pointwise(x, direct, bias, **options),
                                 "winograd": lambda: winograd_conv3x3(x, *packed, relu=True)}, args.rounds)
-        print(f"  3x3 {channels:3d} ch on {size:3d}x{size:<3d}     direct {times['direct']:6.1f} ms, "
+        print(f"  3x3 {channels:3d} ch on {batch}x{size:3d}x{size:<3d}   direct {times['direct']:6.1f} ms, "
               f"Winograd {times['winograd']:6.1f} ms ({times['direct'] / times['winograd']:.2f}x; "
               f"error vs fp64 {errors[0]:.1e} / {errors[1]:.1e} of the scale; "
               f"{'used' if winograd_pays(x, channels, channels) else 'not used'})")

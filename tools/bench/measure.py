@@ -120,4 +120,16 @@ def hardware(device: torch.device) -> str:
     wide = [f for f in flags if f.startswith(("avx512", "amx"))] or [f for f in flags if f == "avx2"]
     cap = onednn_isa_cap()
     features = " ".join(wide) if wide else "no AVX-512/AVX2 flags"
-    return f"{cpu_model_name()} ({features}{f'; oneDNN capped to {cap}' if cap else ''})"
+    return (f"{cpu_model_name()} ({features}{f'; oneDNN capped to {cap}' if cap else ''}; "
+            f"Winograd transforms: {winograd_transforms()})")
+
+
+def winograd_transforms() -> str:
+    """Which Winograd transforms our CPU rows run: Numba's fused loops or PyTorch ops."""
+    from backbones.winograd import fused_transforms
+
+    if fused_transforms() is None:
+        return "PyTorch ops (no Numba)"
+    import numba
+
+    return f"Numba {numba.__version__}"
