@@ -38,17 +38,18 @@ _G = ((1 / 4, 0, 0), (-1 / 6, -1 / 6, -1 / 6), (-1 / 6, 1 / 6, -1 / 6),
       (1 / 24, 1 / 12, 1 / 6), (1 / 24, -1 / 12, 1 / 6), (0, 0, 1))
 _AT = ((1, 1, 1, 1, 1, 0), (0, 1, -1, 2, -2, 0), (0, 1, 1, 4, 4, 0), (0, 1, -1, 8, -8, 1))
 
-#: By CPU kind (ATen's CPU capability): the fewest channels (in and out) and 4x4 output tiles per
-#: image at which Winograd with the fused Numba transforms was faster than oneDNN's direct
-#: convolution, in turns, 2 threads, on a 2-core AMD EPYC (AVX512-BF16; "AVX2": the same CPU with
-#: oneDNN, ATen and MKL capped to AVX2 and Numba compiling for Haswell). AVX-512: 128 channels on
-#: 28x28 (49 tiles) gained 1.2-2x, on 14x14 (16 tiles) 0.94-1.28x; 64 channels 0.9-1.1x. AVX2: 64
-#: channels gained 1.25x, 52 channels on 28x28 1.6x, 256 on 14x14 1.4-1.7x, 512 on 7x7 (4 tiles)
-#: lost. Other CPU kinds get AVX-512's (``python tools/measure_inference.py`` prints some).
-THRESHOLDS = {"AVX512": (128, 40), "AVX2": (48, 16)}
+#: By CPU kind (ATen's CPU capability): the fewest channels (in and out), 4x4 output tiles per
+#: image and tiles in the batch at which Winograd with the fused Numba transforms was faster than
+#: oneDNN's direct convolution, in turns, 2 threads, on a 2-core AMD EPYC (AVX512-BF16; "AVX2": the
+#: same CPU with oneDNN, ATen and MKL capped to AVX2 and Numba compiling for Haswell). AVX-512: 128+
+#: channels gained 1.2-2.5x from 25x25 maps up, 1.1-1.3x on 8 images of 14x14 (16 tiles each), but
+#: lost on one 14x14 image (0.94x) and on 8 of 7x7 (4 tiles: 0.6x); 64 channels 0.9-1.4x. AVX2: 64
+#: channels gained 1.25x, 52 on 28x28 1.6x, 256 on one 14x14 image 1.4x; 512 on 7x7 lost. Other CPU
+#: kinds get AVX-512's (``python tools/measure_inference.py`` prints some).
+THRESHOLDS = {"AVX512": (128, 16, 40), "AVX2": (48, 16, 16)}
 #: The same without Numba (the PyTorch-op transforms, 3-4x slower): with AVX-512 128 channels
 #: gained nothing; with AVX2 128 channels on 100x100 gained 1.28x, on 50x50 1.06x.
-TORCH_OP_THRESHOLDS = {"AVX512": (256, 100), "AVX2": (128, 100)}
+TORCH_OP_THRESHOLDS = {"AVX512": (256, 100, 100), "AVX2": (128, 100, 100)}
 
 
 @functools.cache
@@ -56,18 +57,19 @@ def _cpu_capability() -> str:
     return torch.backends.cpu.get_cpu_capability()
 
 
-def thresholds() -> tuple[int, int]:
-    """(channels, tiles per image) from which Winograd pays on this CPU with the transforms it has,
-    decided at run time."""
+def thresholds() -> tuple[int, int, int]:
+    """(channels, tiles per image, tiles in the batch) from which Winograd pays on this CPU with the
+    transforms it has, decided at run time."""
     table = THRESHOLDS if fused_transforms() is not None else TORCH_OP_THRESHOLDS
     return table.get(_cpu_capability(), table["AVX512"])
 
 
 def winograd_pays(x: torch.Tensor, in_channels: int, out_channels: int) -> bool:
     """Whether the Winograd path is faster than oneDNN's direct convolution for this input on this CPU."""
-    _, _, h, w = x.shape
-    channels, tiles = thresholds()
-    return min(in_channels, out_channels) >= channels and -(-h // 4) * -(-w // 4) >= tiles
+    n, _, h, w = x.shape
+    channels, per_image, per_batch = thresholds()
+    tiles = -(-h // 4) * -(-w // 4)
+    return min(in_channels, out_channels) >= channels and tiles >= per_image and n * tiles >= per_batch
 
 
 def winograd_weight(

@@ -117,14 +117,15 @@ def test_prepacked_weight_runs_any_input_shape():
 @pytest.mark.parametrize("capability", ["AVX512", "AVX2", "DEFAULT"])
 def test_pays_only_on_big_layers(monkeypatch: pytest.MonkeyPatch, capability: str):
     """Decided by the CPU kind at run time, with the fused transforms: with AVX2 from 48 channels
-    and 16 tiles per image; otherwise from 128 channels and 40 tiles."""
+    and 16 tiles per image; otherwise from 128 channels, 16 tiles per image and 40 in the batch."""
     monkeypatch.setattr(winograd, "_cpu_capability", lambda: capability)
     monkeypatch.setattr(winograd, "fused_transforms", lambda: object())
     avx2 = capability == "AVX2"
     assert winograd_pays(torch.empty(1, 256, 200, 200), 256, 256)
     assert winograd_pays(torch.empty(8, 128, 28, 28), 128, 128)  # 49 tiles per image
+    assert winograd_pays(torch.empty(8, 256, 14, 14), 256, 256)  # 16 per image, 128 in the batch
+    assert winograd_pays(torch.empty(1, 256, 14, 14), 256, 256) == avx2  # 16 in the batch
     assert winograd_pays(torch.empty(8, 64, 56, 56), 64, 64) == avx2
-    assert winograd_pays(torch.empty(8, 256, 14, 14), 256, 256) == avx2  # 16 tiles per image
     assert winograd_pays(torch.empty(8, 52, 28, 28), 52, 104) == avx2
     assert not winograd_pays(torch.empty(8, 32, 56, 56), 32, 32)  # too few channels on every kind
     assert not winograd_pays(torch.empty(8, 512, 7, 7), 512, 512)  # 4 tiles per image
@@ -154,7 +155,7 @@ def test_thresholds_follow_the_running_cpu():
 def small_layers_pay(monkeypatch: pytest.MonkeyPatch) -> None:
     """Let the Winograd path run on the tests' small layers (8+ channels, any size)."""
     for name in ("THRESHOLDS", "TORCH_OP_THRESHOLDS"):
-        monkeypatch.setattr(winograd, name, {"AVX512": (8, 1), "AVX2": (8, 1)})
+        monkeypatch.setattr(winograd, name, {"AVX512": (8, 1, 1), "AVX2": (8, 1, 1)})
 
 
 @pytest.fixture
