@@ -4,7 +4,8 @@ Hand-written because no library ships them for PyTorch on the CPU (oneDNN droppe
 Winograd for AVX2/AVX-512) and because, built from PyTorch ops, each transform is several passes of
 tiny batched matmuls over maps bigger than the caches: on a 256-channel 200x200 map that took 28 ms
 (input) and 17 ms (output) around a 33 ms GEMM. These loops read each tile once and write its 36
-(or 16) values once, vectorised over the channels: 10 and 5 ms (2-core AMD EPYC, AVX512-BF16).
+(or 16) values once, vectorised over the channels: 6 and 5 ms, about the memory's speed (one-off
+timings, 2-core AMD EPYC, AVX512-BF16; ``python tools/measure_inference.py`` times whole layers).
 Numba compiles them for the CPU it runs on (AVX2 code on an AVX2 CPU) on first use and caches the
 machine code on disk.
 
