@@ -12,9 +12,10 @@ machine code on disk.
 Optional: ``pip install ".[fast]"``. Without Numba, :mod:`backbones.winograd` uses its PyTorch-op
 transforms (same results to float rounding). The loops run on ``torch.get_num_threads()`` threads
 of Numba's OpenMP threading layer, which this module selects unless ``NUMBA_THREADING_LAYER`` says
-otherwise: it is the runtime PyTorch's CPU builds use, so the two share their worker threads
-(a pool of Python threads made the input transform 5x slower here), and it is safe to
-enter from several Python threads at once (Numba's fallback "workqueue" layer is not).
+otherwise: it is safe to enter from several Python threads at once (Numba's fallback "workqueue"
+layer is not), and the same loops split over a pool of Python threads instead ran 5x slower here.
+(Numba's OpenMP runtime is the system's libgomp, PyTorch's wheels bring their own: two pools of
+worker threads, which take turns, as the layers run one after the other.)
 """
 
 from __future__ import annotations
