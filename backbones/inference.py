@@ -464,11 +464,12 @@ def optimize_for_inference(
     gain a ``bias``, so the ``state_dict`` loses the ``bn*`` keys and gains ``conv*.bias``: load
     checkpoints before calling this.
 
-    ``winograd``: fused 3x3 convolutions with enough channels (256 with AVX-512, 128 otherwise) run as
-    Winograd F(4x4, 3x3) convolutions on inputs big enough for that to be faster (1.2-1.5x on such
-    layers with AVX-512; detectors' P2-P4 levels), in fp32 only; their rounding error is larger
-    (relative 1e-5 instead of 2e-6, see ``backbones.winograd``). ``winograd=False`` keeps oneDNN's
-    direct convolution everywhere.
+    ``winograd``: fused 3x3 convolutions (stride 1) run as Winograd F(4x4, 3x3) convolutions where
+    that was measured faster for this CPU kind and the transforms installed
+    (``backbones.winograd.THRESHOLDS``: with AVX-512 and Numba from 128 channels on maps of 16+ 4x4
+    tiles; a ResNet's layer2-3 at 224 px in batches of 8, a detector's layer2-3, FPN and RPN convs at
+    800 px), in fp32 only; their rounding error is larger (relative 1e-5 instead of 2e-6, see
+    ``backbones.winograd``). ``winograd=False`` keeps oneDNN's direct convolution everywhere.
 
     ``dtype=torch.bfloat16`` (opt-in) computes in bf16 after folding in fp32, behind an fp32
     interface: inputs are cast on the way in, outputs back to float32 (``backbones.low_precision``).

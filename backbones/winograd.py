@@ -11,11 +11,11 @@ Numba (:mod:`backbones.winograd_kernels`, ``pip install ".[fast]"``), or without
 (batched 6x6 matmuls, 3-4x slower).
 
 It pays only where the GEMMs are large enough (:data:`THRESHOLDS`, by CPU kind and transforms).
-On a 2-core AMD EPYC (AVX512-BF16, fp32, 2 threads, fused transforms) a 256-channel 3x3 layer with
-bias and ReLU took 63 ms instead of 135 ms on a 200x200 map (a detector's P2 level at 800 px), 13
-instead of 32 ms on 100x100, 5.4 instead of 13 ms on 50x50; with 128 channels, 4.0 instead of 6.5
-ms on 8 images of 28x28 (a ResNet's layer2 at 224 px); on 8 images of 7x7 with 512 channels it was
-slower (``python tools/measure_inference.py`` prints some). :func:`winograd_pays` encodes that.
+On a 2-core AMD EPYC (AVX512-BF16, fp32, 2 threads, fused transforms), ``python
+tools/measure_inference.py`` timed a 256-channel 3x3 layer with bias and ReLU at 45 ms instead of
+112 ms on a 200x200 map (a detector's P2 level at 800 px), 4.9 instead of 11.4 ms on 50x50, and a
+128-channel one at 4.5 instead of 7.1 ms on 8 images of 28x28 (a ResNet's layer2 at 224 px); on
+small maps (8 images of 7x7) it is slower. :func:`winograd_pays` encodes where it pays.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ import torch
 
 from .compat import onednn_conv_pointwise, onednn_prepack_weight
 
-__all__ = ["THRESHOLDS", "TORCH_OP_THRESHOLDS", "fused_transforms", "thresholds", "winograd_conv3x3", "winograd_pays", "winograd_weight"]
+__all__ = ["THRESHOLDS", "TORCH_OP_THRESHOLDS", "fused_transforms", "thresholds", "winograd_conv3x3",
+           "winograd_pays", "winograd_weight"]
 
 #: Lavin & Gray's F(4x4, 3x3) matrices (input, weight and output transforms).
 _BT = ((4, 0, -5, 0, 1, 0), (0, -4, -4, 1, 1, 0), (0, 4, -4, -1, 1, 0),
@@ -156,7 +157,7 @@ def winograd_conv3x3(
     n, c, h, w = x.shape
     out_channels = weight.shape[0] // 36
     th, tw = -(-h // 4), -(-w // 4)
-    kernels = fused_transforms() if fused is None or fused else None
+    kernels = None if fused is False else fused_transforms()
     if fused and kernels is None:
         raise RuntimeError("the fused Winograd transforms need Numba (pip install '.[fast]')")
     tiles = _input_tiles(x, th, tw) if kernels is None else kernels.input_transform(x, th, tw)

@@ -5,6 +5,7 @@ the algorithm adds), taken by ``optimize_for_inference`` only where they pay, an
 from __future__ import annotations
 
 import copy
+import os
 
 import pytest
 import torch
@@ -87,6 +88,8 @@ def test_fused_transforms_equal_the_torch_ops(fused):
                                        rtol=0, atol=0)
         import numba
         assert numba.get_num_threads() == 1
+        if "NUMBA_THREADING_LAYER" not in os.environ:  # the thread-safe layer this package selects
+            assert numba.threading_layer() == "omp"
     finally:
         torch.set_num_threads(threads)
 
