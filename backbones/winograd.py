@@ -23,14 +23,14 @@ from __future__ import annotations
 import functools
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
 from .compat import onednn_conv_pointwise, onednn_prepack_weight
 
-__all__ = ["THRESHOLDS", "TORCH_OP_THRESHOLDS", "fused_transforms", "thresholds", "winograd_conv3x3",
-           "winograd_pays", "winograd_weight"]
+__all__ = ["THRESHOLDS", "TORCH_OP_THRESHOLDS", "WIDE", "WinogradRange", "fused_transforms", "thresholds",
+           "winograd_conv3x3", "winograd_pays", "winograd_weight"]
 
 #: Lavin & Gray's F(4x4, 3x3) matrices (input, weight and output transforms).
 _BT = ((4, 0, -5, 0, 1, 0), (0, -4, -4, 1, 1, 0), (0, 4, -4, -1, 1, 0),
@@ -39,18 +39,33 @@ _G = ((1 / 4, 0, 0), (-1 / 6, -1 / 6, -1 / 6), (-1 / 6, 1 / 6, -1 / 6),
       (1 / 24, 1 / 12, 1 / 6), (1 / 24, -1 / 12, 1 / 6), (0, 0, 1))
 _AT = ((1, 1, 1, 1, 1, 0), (0, 1, -1, 2, -2, 0), (0, 1, 1, 4, 4, 0), (0, 1, -1, 8, -8, 1))
 
-#: By CPU kind (ATen's CPU capability): the fewest channels (in and out), 4x4 output tiles per
-#: image and tiles in the batch at which Winograd with the fused Numba transforms was faster than
-#: oneDNN's direct convolution, in turns, 2 threads, on a 2-core AMD EPYC (AVX512-BF16; "AVX2": the
-#: same CPU with oneDNN, ATen and MKL capped to AVX2 and Numba compiling for Haswell). AVX-512: 128+
-#: channels gained 1.2-2.5x from 25x25 maps up, 1.1-1.3x on 8 images of 14x14 (16 tiles each), but
-#: lost on one 14x14 image (0.94x) and on 8 of 7x7 (4 tiles: 0.6x); 64 channels 0.9-1.4x. AVX2: 64
-#: channels gained 1.25x, 52 on 28x28 1.6x, 256 on one 14x14 image 1.4x; 512 on 7x7 lost. Other CPU
-#: kinds get AVX-512's (``python tools/measure_inference.py`` prints some).
-THRESHOLDS = {"AVX512": (128, 16, 40), "AVX2": (48, 16, 16)}
+
+class WinogradRange(NamedTuple):
+    """Where Winograd ran faster than oneDNN's direct convolution, as numbers of 4x4 output tiles."""
+
+    channels: int  #: the fewest channels, in and out
+    per_image: int  #: the fewest tiles per image
+    per_batch: int  #: the fewest tiles in the batch
+    #: below :data:`WIDE` channels, the most tiles in the batch (``None``: no limit): on big maps the
+    #: transforms of a narrow layer move more memory than its GEMMs save
+    narrow_max: int | None = None
+
+
+#: Channels from which a layer is not "narrow" (:attr:`WinogradRange.narrow_max`).
+WIDE = 128
+
+#: By CPU kind (ATen's CPU capability), with the fused Numba transforms: measured in turns against
+#: oneDNN's direct convolution, 2 threads, on a 2-core AMD EPYC (AVX512-BF16; "AVX2": the same CPU
+#: with oneDNN, ATen and MKL capped to AVX2 and Numba compiling for Haswell), ``python
+#: tools/measure_inference.py`` printing some. AVX-512: 128-512 channels gained 1.1-2x from 32 tiles
+#: in the batch up (8 images of 7x7 included), one 14x14 image (16 tiles) 0.9-1.0x; 48-104 channels
+#: gained 1.2-2x on up to 392 tiles (Res2Net's splits, one 56x56 image) but lost on 1,568-2,500
+#: (8 images of 56x56, one of 200x200: 0.84-0.94x). AVX2: 48+ channels gained everywhere from 8
+#: tiles (1.2-2.7x), 26 channels did not. Other CPU kinds get AVX-512's.
+THRESHOLDS = {"AVX512": WinogradRange(48, 1, 32, narrow_max=1000), "AVX2": WinogradRange(48, 1, 8)}
 #: The same without Numba (the PyTorch-op transforms, 3-4x slower): with AVX-512 128 channels
 #: gained nothing; with AVX2 128 channels on 100x100 gained 1.28x, on 50x50 1.06x.
-TORCH_OP_THRESHOLDS = {"AVX512": (256, 100, 100), "AVX2": (128, 100, 100)}
+TORCH_OP_THRESHOLDS = {"AVX512": WinogradRange(256, 100, 100), "AVX2": WinogradRange(128, 100, 100)}
 
 
 @functools.cache
@@ -58,9 +73,8 @@ def _cpu_capability() -> str:
     return torch.backends.cpu.get_cpu_capability()
 
 
-def thresholds() -> tuple[int, int, int]:
-    """(channels, tiles per image, tiles in the batch) from which Winograd pays on this CPU with the
-    transforms it has, decided at run time."""
+def thresholds() -> WinogradRange:
+    """Where Winograd pays on this CPU with the transforms it has, decided at run time."""
     table = THRESHOLDS if fused_transforms() is not None else TORCH_OP_THRESHOLDS
     return table.get(_cpu_capability(), table["AVX512"])
 
@@ -68,9 +82,12 @@ def thresholds() -> tuple[int, int, int]:
 def winograd_pays(x: torch.Tensor, in_channels: int, out_channels: int) -> bool:
     """Whether the Winograd path is faster than oneDNN's direct convolution for this input on this CPU."""
     n, _, h, w = x.shape
-    channels, per_image, per_batch = thresholds()
+    limits = thresholds()
+    channels = min(in_channels, out_channels)
     tiles = -(-h // 4) * -(-w // 4)
-    return min(in_channels, out_channels) >= channels and tiles >= per_image and n * tiles >= per_batch
+    if channels < limits.channels or tiles < limits.per_image or n * tiles < limits.per_batch:
+        return False
+    return channels >= WIDE or limits.narrow_max is None or n * tiles <= limits.narrow_max
 
 
 def winograd_weight(
@@ -95,7 +112,7 @@ def winograd_weight(
     if input_shape is not None:
         n, c, h, w = input_shape
         packed = onednn_prepack_weight(packed, padding=(0, 0), stride=(1, 1), dilation=(1, 1), groups=36,
-                                       input_shape=(n, 36 * c, -(-h // 4), -(-w // 4)))
+                                       input_shape=(1, 36 * c, n * -(-h // 4), -(-w // 4)))
     return packed, packed_bias.reshape(-1)
 
 
@@ -161,8 +178,12 @@ def winograd_conv3x3(
     if fused and kernels is None:
         raise RuntimeError("the fused Winograd transforms need Numba (pip install '.[fast]')")
     tiles = _input_tiles(x, th, tw) if kernels is None else kernels.input_transform(x, th, tw)
-    products = onednn_conv_pointwise(tiles.permute(0, 3, 1, 2), weight, bias, padding=(0, 0), stride=(1, 1),
-                                     dilation=(1, 1), groups=36, relu=False, residual=None, accumulate=False)
+    # The batch's tiles as one tall map: oneDNN's grouped convolution ran 1.1-2.9x faster on it than
+    # on N small maps (8 images of 2x2 to 7x7 tiles, AVX512-BF16; the same memory, only the shape differs).
+    products = onednn_conv_pointwise(tiles.view(1, n * th, tw, 36 * c).permute(0, 3, 1, 2), weight, bias,
+                                     padding=(0, 0), stride=(1, 1), dilation=(1, 1), groups=36, relu=False,
+                                     residual=None, accumulate=False)
+    products = products.permute(0, 2, 3, 1).reshape(n, th, tw, 36 * out_channels).permute(0, 3, 1, 2)
     out = torch.empty(n, out_channels, h, w, dtype=x.dtype, memory_format=torch.channels_last)
     if kernels is not None:
         kernels.output_transform(products, out, relu=relu)

@@ -140,7 +140,9 @@ def input_transform(x: torch.Tensor, th: int, tw: int) -> torch.Tensor:
     """``B^T d B`` of every 6x6 input tile (stride 4, zero padding 1) of a float32 CPU ``x``
     (N, C, H, W): an (N, th, tw, 36 * C) tensor."""
     n, c = x.shape[:2]
-    pixels = x.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).numpy()
+    if x.stride(1) != 1:  # the loops vectorise over channels; a channel slice (Res2Net's splits) is read as it is
+        x = x.contiguous(memory_format=torch.channels_last)
+    pixels = x.permute(0, 2, 3, 1).numpy()
     tiles = torch.empty(n, th, tw, 36, c, dtype=x.dtype)
     _set_threads()
     _input_tiles(pixels, tiles.numpy())

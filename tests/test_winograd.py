@@ -94,6 +94,27 @@ def test_fused_transforms_equal_the_torch_ops(fused):
         torch.set_num_threads(threads)
 
 
+@pytest.mark.parametrize("fused", TRANSFORMS)
+def test_batch_runs_as_one_tall_map_and_channel_slices_are_read(monkeypatch: pytest.MonkeyPatch, fused):
+    """The GEMMs see the batch's tiles as one (1, 36 C, N th, tw) map (oneDNN ran that 1.1-2.9x
+    faster than N small maps), and the results still land in the right image; a channel slice of
+    a channels-last map (Res2Net's first split) is taken as it is."""
+    gemm_inputs = []
+
+    def spy(x, *args, **kwargs):
+        gemm_inputs.append(tuple(x.shape))
+        return inference.onednn_conv_pointwise(x, *args, **kwargs)
+
+    monkeypatch.setattr(winograd, "onednn_conv_pointwise", spy)
+    source = torch.randn(3, 40, 10, 13).contiguous(memory_format=torch.channels_last)
+    x = source[:, 8:24]  # strided: 16 of 40 channels
+    w, b = torch.randn(12, 16, 3, 3) / 4, torch.randn(12)
+    with torch.inference_mode():
+        got = winograd_conv3x3(x, *winograd_weight(w, b, input_shape=x.shape), relu=True, fused=fused)
+    assert gemm_inputs == [(1, 36 * 16, 3 * 3, 4)]
+    assert_close_rel(got.double(), _reference(x, w, b, True), rtol=RTOL, what="tall map")
+
+
 def test_fused_needs_numba(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(winograd, "fused_transforms", lambda: None)
     w = torch.randn(4, 4, 3, 3)
@@ -121,20 +142,25 @@ def test_prepacked_weight_runs_any_input_shape():
 
 
 @pytest.mark.parametrize("capability", ["AVX512", "AVX2", "DEFAULT"])
-def test_pays_only_on_big_layers(monkeypatch: pytest.MonkeyPatch, capability: str):
-    """Decided by the CPU kind at run time, with the fused transforms: with AVX2 from 48 channels
-    and 16 tiles per image; otherwise from 128 channels, 16 tiles per image and 40 in the batch."""
+def test_pays_only_where_measured(monkeypatch: pytest.MonkeyPatch, capability: str):
+    """Decided by the CPU kind at run time, with the fused transforms: from 48 channels; with AVX2
+    from 8 tiles in the batch; otherwise from 32, and under 128 channels on at most 1,000 tiles."""
     monkeypatch.setattr(winograd, "_cpu_capability", lambda: capability)
     monkeypatch.setattr(winograd, "fused_transforms", lambda: object())
     avx2 = capability == "AVX2"
     assert winograd_pays(torch.empty(1, 256, 200, 200), 256, 256)
-    assert winograd_pays(torch.empty(8, 128, 28, 28), 128, 128)  # 49 tiles per image
-    assert winograd_pays(torch.empty(8, 256, 14, 14), 256, 256)  # 16 per image, 128 in the batch
-    assert winograd_pays(torch.empty(1, 256, 14, 14), 256, 256) == avx2  # 16 in the batch
-    assert winograd_pays(torch.empty(8, 64, 56, 56), 64, 64) == avx2
-    assert winograd_pays(torch.empty(8, 52, 28, 28), 52, 104) == avx2
+    assert winograd_pays(torch.empty(8, 128, 28, 28), 128, 128)  # ResNet-50 layer2 at 224 px
+    assert winograd_pays(torch.empty(8, 512, 7, 7), 512, 512)  # 4 tiles per image, 32 in the batch
+    assert winograd_pays(torch.empty(8, 52, 28, 28), 52, 104)  # a Res2Net split: 392 tiles
+    assert winograd_pays(torch.empty(1, 64, 56, 56), 64, 64)  # 196 tiles
+    assert winograd_pays(torch.empty(2, 512, 7, 7), 512, 512) == avx2  # 8 tiles
+    assert winograd_pays(torch.empty(1, 256, 14, 14), 256, 256) == avx2  # 16 tiles
+    assert winograd_pays(torch.empty(8, 64, 56, 56), 64, 64) == avx2  # narrow, 1,568 tiles
+    assert winograd_pays(torch.empty(1, 64, 200, 200), 64, 64) == avx2  # narrow, 2,500 tiles
+    assert winograd_pays(torch.empty(8, 128, 56, 56), 128, 128)  # wide: no upper limit
+    assert not winograd_pays(torch.empty(1, 512, 7, 7), 512, 512)  # 4 tiles
     assert not winograd_pays(torch.empty(8, 32, 56, 56), 32, 32)  # too few channels on every kind
-    assert not winograd_pays(torch.empty(8, 512, 7, 7), 512, 512)  # 4 tiles per image
+    assert not winograd_pays(torch.empty(8, 26, 56, 56), 26, 26)
 
 
 @pytest.mark.parametrize("capability", ["AVX512", "AVX2", "DEFAULT"])
@@ -161,7 +187,7 @@ def test_thresholds_follow_the_running_cpu():
 def small_layers_pay(monkeypatch: pytest.MonkeyPatch) -> None:
     """Let the Winograd path run on the tests' small layers (8+ channels, any size)."""
     for name in ("THRESHOLDS", "TORCH_OP_THRESHOLDS"):
-        monkeypatch.setattr(winograd, name, {"AVX512": (8, 1, 1), "AVX2": (8, 1, 1)})
+        monkeypatch.setattr(winograd, name, {kind: winograd.WinogradRange(8, 1, 1) for kind in ("AVX512", "AVX2")})
 
 
 @pytest.fixture
