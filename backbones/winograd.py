@@ -12,10 +12,11 @@ Numba (:mod:`backbones.winograd_kernels`, ``pip install ".[fast]"``), or without
 
 It pays only where the GEMMs are large enough (:data:`THRESHOLDS`, by CPU kind and transforms).
 On a 2-core AMD EPYC (AVX512-BF16, fp32, 2 threads, fused transforms), ``python
-tools/measure_inference.py`` timed a 256-channel 3x3 layer with bias and ReLU at 45 ms instead of
-112 ms on a 200x200 map (a detector's P2 level at 800 px), 4.9 instead of 11.4 ms on 50x50, and a
-128-channel one at 4.5 instead of 7.1 ms on 8 images of 28x28 (a ResNet's layer2 at 224 px); on
-small maps (8 images of 7x7) it is slower. :func:`winograd_pays` encodes where it pays.
+tools/measure_inference.py`` timed a 256-channel 3x3 layer with bias and ReLU at 42.5 ms instead
+of 110 ms on a 200x200 map (a detector's P2 level at 800 px), a 128-channel one at 2.6 instead of
+4.5 ms on 8 images of 28x28 (a ResNet's layer2 at 224 px) and a 512-channel one at 3.0 instead of
+4.0 ms on 8 images of 7x7; with few channels on big maps (64 on 8 images of 56x56) or on a single
+small map (one 7x7 image) it is slower. :func:`winograd_pays` encodes where it pays.
 """
 
 from __future__ import annotations
@@ -58,11 +59,12 @@ WIDE = 128
 #: oneDNN's direct convolution, 2 threads, on a 2-core AMD EPYC (AVX512-BF16; "AVX2": the same CPU
 #: with oneDNN, ATen and MKL capped to AVX2 and Numba compiling for Haswell), ``python
 #: tools/measure_inference.py`` printing some. AVX-512: 128-512 channels gained 1.1-2x from 32 tiles
-#: in the batch up (8 images of 7x7 included), one 14x14 image (16 tiles) 0.9-1.0x; 48-104 channels
-#: gained 1.2-2x on up to 392 tiles (Res2Net's splits, one 56x56 image) but lost on 1,568-2,500
-#: (8 images of 56x56, one of 200x200: 0.84-0.94x). AVX2: 48+ channels gained everywhere from 8
-#: tiles (1.2-2.7x), 26 channels did not. Other CPU kinds get AVX-512's.
-THRESHOLDS = {"AVX512": WinogradRange(48, 1, 32, narrow_max=1000), "AVX2": WinogradRange(48, 1, 8)}
+#: in the batch up (8 images of 7x7 included), one 14x14 image (16 tiles) 0.9-1.0x; 52-104 channels
+#: gained 1.0-1.8x on up to 392 tiles (Res2Net's splits, one or two 56x56 images) but lost on
+#: 784-2,500 with 52-64 channels (0.78-1.02x: 4 or 8 images of 56x56, one of 112x112 or 200x200).
+#: AVX2: 48+ channels gained everywhere from 8 tiles (1.2-2.7x), 26 channels did not. Other CPU
+#: kinds get AVX-512's.
+THRESHOLDS = {"AVX512": WinogradRange(48, 1, 32, narrow_max=400), "AVX2": WinogradRange(48, 1, 8)}
 #: The same without Numba (the PyTorch-op transforms, 3-4x slower): with AVX-512 128 channels
 #: gained nothing; with AVX2 128 channels on 100x100 gained 1.28x, on 50x50 1.06x.
 TORCH_OP_THRESHOLDS = {"AVX512": WinogradRange(256, 100, 100), "AVX2": WinogradRange(128, 100, 100)}

@@ -144,7 +144,7 @@ def test_prepacked_weight_runs_any_input_shape():
 @pytest.mark.parametrize("capability", ["AVX512", "AVX2", "DEFAULT"])
 def test_pays_only_where_measured(monkeypatch: pytest.MonkeyPatch, capability: str):
     """Decided by the CPU kind at run time, with the fused transforms: from 48 channels; with AVX2
-    from 8 tiles in the batch; otherwise from 32, and under 128 channels on at most 1,000 tiles."""
+    from 8 tiles in the batch; otherwise from 32, and under 128 channels on at most 400 tiles."""
     monkeypatch.setattr(winograd, "_cpu_capability", lambda: capability)
     monkeypatch.setattr(winograd, "fused_transforms", lambda: object())
     avx2 = capability == "AVX2"
@@ -155,6 +155,8 @@ def test_pays_only_where_measured(monkeypatch: pytest.MonkeyPatch, capability: s
     assert winograd_pays(torch.empty(1, 64, 56, 56), 64, 64)  # 196 tiles
     assert winograd_pays(torch.empty(2, 512, 7, 7), 512, 512) == avx2  # 8 tiles
     assert winograd_pays(torch.empty(1, 256, 14, 14), 256, 256) == avx2  # 16 tiles
+    assert winograd_pays(torch.empty(2, 64, 56, 56), 64, 64)  # narrow, 392 tiles
+    assert winograd_pays(torch.empty(4, 64, 56, 56), 64, 64) == avx2  # narrow, 784 tiles
     assert winograd_pays(torch.empty(8, 64, 56, 56), 64, 64) == avx2  # narrow, 1,568 tiles
     assert winograd_pays(torch.empty(1, 64, 200, 200), 64, 64) == avx2  # narrow, 2,500 tiles
     assert winograd_pays(torch.empty(8, 128, 56, 56), 128, 128)  # wide: no upper limit

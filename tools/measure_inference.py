@@ -167,7 +167,8 @@ def _winograd(args: argparse.Namespace) -> None:
 
     print(f"  Winograd transforms: {winograd_transforms()}")
     for batch, channels, size in ((1, 256, 200), (1, 256, 100), (1, 256, 50), (1, 128, 100), (8, 128, 28),
-                                  (8, 256, 14), (8, 64, 56), (8, 512, 7)):
+                                  (8, 256, 14), (8, 512, 7), (8, 64, 56), (4, 64, 56), (1, 64, 200), (8, 52, 28),
+                                  (16, 52, 28), (8, 104, 14), (8, 208, 7), (8, 26, 56), (1, 512, 7)):
         x = torch.randn(batch, channels, size, size).contiguous(memory_format=torch.channels_last)
         weight = (torch.randn(channels, channels, 3, 3) / (3 * channels**0.5)).contiguous(
             memory_format=torch.channels_last)
