@@ -42,12 +42,13 @@ _AT = ((1, 1, 1, 1, 1, 0), (0, 1, -1, 2, -2, 0), (0, 1, 1, 4, 4, 0), (0, 1, -1, 
 
 
 class WinogradRange(NamedTuple):
-    """Where Winograd ran faster than oneDNN's direct convolution, as numbers of 4x4 output tiles."""
+    """Where Winograd ran faster than oneDNN's direct convolution, in 4x4 output tiles per image.
+    Per image, never per batch: whether a layer takes it must not depend on what an image is batched
+    with, or the same image would get (slightly) different outputs alone and in a batch."""
 
     channels: int  #: the fewest channels, in and out
     per_image: int  #: the fewest tiles per image
-    per_batch: int  #: the fewest tiles in the batch
-    #: below :data:`WIDE` channels, the most tiles in the batch (``None``: no limit): on big maps the
+    #: below :data:`WIDE` channels, the most tiles per image (``None``: no limit): on big maps the
     #: transforms of a narrow layer move more memory than its GEMMs save
     narrow_max: int | None = None
 
@@ -58,16 +59,17 @@ WIDE = 128
 #: By CPU kind (ATen's CPU capability), with the fused Numba transforms: measured in turns against
 #: oneDNN's direct convolution, 2 threads, on a 2-core AMD EPYC (AVX512-BF16; "AVX2": the same CPU
 #: with oneDNN, ATen and MKL capped to AVX2 and Numba compiling for Haswell), ``python
-#: tools/measure_inference.py`` printing some. AVX-512: 128-512 channels gained 1.1-2x from 32 tiles
-#: in the batch up (8 images of 7x7 included), one 14x14 image (16 tiles) 0.9-1.0x; 52-104 channels
-#: gained 1.0-1.8x on up to 392 tiles (Res2Net's splits, one or two 56x56 images) but lost on
-#: 784-2,500 with 52-64 channels (0.78-1.02x: 4 or 8 images of 56x56, one of 112x112 or 200x200).
-#: AVX2: 48+ channels gained everywhere from 8 tiles (1.2-2.7x), 26 channels did not. Other CPU
-#: kinds get AVX-512's.
-THRESHOLDS = {"AVX512": WinogradRange(48, 1, 32, narrow_max=400), "AVX2": WinogradRange(48, 1, 8)}
+#: tools/measure_inference.py`` printing some. AVX-512: 128-256 channels gained 1.2-2.6x from 16
+#: tiles per image in batches of 8 and 0.9-1.3x on one such image; 7x7 maps (4 tiles) lost on one
+#: image (0.6-0.9x) though they gained in batches of 8 (1.3-1.8x); 52-104 channels gained 1.0-1.8x
+#: on 16-49 tiles per image (Res2Net's splits), 64 channels on 56x56 maps (196) gained alone but
+#: lost in batches of 4-8 (0.86-1.02x), and on 200x200 (0.78-1.13x). AVX2: 48+ channels gained from
+#: 4 tiles per image in batches (1.2-2.7x; 512 channels on one 7x7 image 0.8-1.0x), 26 did not.
+#: Other CPU kinds get AVX-512's.
+THRESHOLDS = {"AVX512": WinogradRange(48, 16, narrow_max=64), "AVX2": WinogradRange(48, 4)}
 #: The same without Numba (the PyTorch-op transforms, 3-4x slower): with AVX-512 128 channels
 #: gained nothing; with AVX2 128 channels on 100x100 gained 1.28x, on 50x50 1.06x.
-TORCH_OP_THRESHOLDS = {"AVX512": WinogradRange(256, 100, 100), "AVX2": WinogradRange(128, 100, 100)}
+TORCH_OP_THRESHOLDS = {"AVX512": WinogradRange(256, 100), "AVX2": WinogradRange(128, 100)}
 
 
 @functools.cache
@@ -82,14 +84,15 @@ def thresholds() -> WinogradRange:
 
 
 def winograd_pays(x: torch.Tensor, in_channels: int, out_channels: int) -> bool:
-    """Whether the Winograd path is faster than oneDNN's direct convolution for this input on this CPU."""
-    n, _, h, w = x.shape
+    """Whether the Winograd path is faster than oneDNN's direct convolution for inputs of this image
+    size on this CPU (the batch size plays no part: see :class:`WinogradRange`)."""
+    h, w = x.shape[-2:]
     limits = thresholds()
     channels = min(in_channels, out_channels)
     tiles = -(-h // 4) * -(-w // 4)
-    if channels < limits.channels or tiles < limits.per_image or n * tiles < limits.per_batch:
+    if channels < limits.channels or tiles < limits.per_image:
         return False
-    return channels >= WIDE or limits.narrow_max is None or n * tiles <= limits.narrow_max
+    return channels >= WIDE or limits.narrow_max is None or tiles <= limits.narrow_max
 
 
 def winograd_weight(

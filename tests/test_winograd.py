@@ -143,26 +143,39 @@ def test_prepacked_weight_runs_any_input_shape():
 
 @pytest.mark.parametrize("capability", ["AVX512", "AVX2", "DEFAULT"])
 def test_pays_only_where_measured(monkeypatch: pytest.MonkeyPatch, capability: str):
-    """Decided by the CPU kind at run time, with the fused transforms: from 48 channels; with AVX2
-    from 8 tiles in the batch; otherwise from 32, and under 128 channels on at most 400 tiles."""
+    """Decided by the CPU kind at run time, with the fused transforms, per image: from 48 channels;
+    with AVX2 from 4 tiles per image; otherwise from 16, and under 128 channels up to 64."""
     monkeypatch.setattr(winograd, "_cpu_capability", lambda: capability)
     monkeypatch.setattr(winograd, "fused_transforms", lambda: object())
     avx2 = capability == "AVX2"
     assert winograd_pays(torch.empty(1, 256, 200, 200), 256, 256)
-    assert winograd_pays(torch.empty(8, 128, 28, 28), 128, 128)  # ResNet-50 layer2 at 224 px
-    assert winograd_pays(torch.empty(8, 512, 7, 7), 512, 512)  # 4 tiles per image, 32 in the batch
-    assert winograd_pays(torch.empty(8, 52, 28, 28), 52, 104)  # a Res2Net split: 392 tiles
-    assert winograd_pays(torch.empty(1, 64, 56, 56), 64, 64)  # 196 tiles
-    assert winograd_pays(torch.empty(2, 512, 7, 7), 512, 512) == avx2  # 8 tiles
-    assert winograd_pays(torch.empty(1, 256, 14, 14), 256, 256) == avx2  # 16 tiles
-    assert winograd_pays(torch.empty(2, 64, 56, 56), 64, 64)  # narrow, 392 tiles
-    assert winograd_pays(torch.empty(4, 64, 56, 56), 64, 64) == avx2  # narrow, 784 tiles
-    assert winograd_pays(torch.empty(8, 64, 56, 56), 64, 64) == avx2  # narrow, 1,568 tiles
-    assert winograd_pays(torch.empty(1, 64, 200, 200), 64, 64) == avx2  # narrow, 2,500 tiles
-    assert winograd_pays(torch.empty(8, 128, 56, 56), 128, 128)  # wide: no upper limit
-    assert not winograd_pays(torch.empty(1, 512, 7, 7), 512, 512)  # 4 tiles
+    assert winograd_pays(torch.empty(8, 128, 28, 28), 128, 128)  # ResNet-50 layer2 at 224 px: 49 tiles
+    assert winograd_pays(torch.empty(8, 256, 14, 14), 256, 256)  # layer3: 16 tiles
+    assert winograd_pays(torch.empty(8, 52, 28, 28), 52, 104)  # a Res2Net split: narrow, 49 tiles
+    assert winograd_pays(torch.empty(8, 104, 14, 14), 104, 104)
+    assert winograd_pays(torch.empty(8, 512, 7, 7), 512, 512) == avx2  # 4 tiles
+    assert winograd_pays(torch.empty(1, 64, 56, 56), 64, 64) == avx2  # narrow, 196 tiles
+    assert winograd_pays(torch.empty(1, 64, 200, 200), 64, 64) == avx2
+    assert winograd_pays(torch.empty(1, 128, 200, 200), 128, 128)  # wide: no upper limit
+    assert not winograd_pays(torch.empty(1, 512, 4, 4), 512, 512)  # 1 tile
     assert not winograd_pays(torch.empty(8, 32, 56, 56), 32, 32)  # too few channels on every kind
     assert not winograd_pays(torch.empty(8, 26, 56, 56), 26, 26)
+
+
+@pytest.mark.parametrize("capability", ["AVX512", "AVX2"])
+def test_batch_size_plays_no_part(monkeypatch: pytest.MonkeyPatch, capability: str):
+    """Whether a layer takes Winograd depends on the image size, never on the batch: an image gets
+    bit-identical outputs alone and in a batch (``tools/predict.py --batch-size`` relies on it)."""
+    monkeypatch.setattr(winograd, "_cpu_capability", lambda: capability)
+    for channels, size in [(256, 14), (512, 7), (64, 56), (52, 28), (128, 8)]:
+        decisions = {winograd_pays(torch.empty(n, channels, size, size), channels, channels) for n in (1, 2, 8, 32)}
+        assert len(decisions) == 1, (channels, size)
+    conv = FusedConv2d(64, 64, 3, padding=1, relu=True)
+    optimize_for_inference(nn.Sequential(conv))
+    x = torch.randn(4, 64, 14, 14).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        batched, alone = conv(x), conv(x[1:2].contiguous(memory_format=torch.channels_last))
+    assert torch.equal(batched[1:2], alone)
 
 
 @pytest.mark.parametrize("capability", ["AVX512", "AVX2", "DEFAULT"])
@@ -189,7 +202,7 @@ def test_thresholds_follow_the_running_cpu():
 def small_layers_pay(monkeypatch: pytest.MonkeyPatch) -> None:
     """Let the Winograd path run on the tests' small layers (8+ channels, any size)."""
     for name in ("THRESHOLDS", "TORCH_OP_THRESHOLDS"):
-        monkeypatch.setattr(winograd, name, {kind: winograd.WinogradRange(8, 1, 1) for kind in ("AVX512", "AVX2")})
+        monkeypatch.setattr(winograd, name, {kind: winograd.WinogradRange(8, 1) for kind in ("AVX512", "AVX2")})
 
 
 @pytest.fixture
