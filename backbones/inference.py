@@ -466,10 +466,10 @@ def optimize_for_inference(
 
     ``winograd``: fused 3x3 convolutions (stride 1) run as Winograd F(4x4, 3x3) convolutions where
     that was measured faster for this CPU kind and the transforms installed
-    (``backbones.winograd.THRESHOLDS``: with AVX-512 and Numba from 48 channels and 32 4x4 output
-    tiles in the batch, under 128 channels only up to 400 tiles; a ResNet's layer2-4 at 224 px in
-    batches of 8, Res2Net's splits from layer2, a detector's layer2-4, FPN and RPN convs at 800 px),
-    in fp32 only; their rounding error is larger (relative 1e-5 instead of 2e-6, see
+    (``backbones.winograd.THRESHOLDS``, per image, so batching never changes an image's outputs:
+    with AVX-512 and Numba from 48 channels on maps of 16+ 4x4 output tiles, under 128 channels only
+    up to 64; a ResNet's layer2-3 at 224 px, Res2Net's splits in layer2-3, a detector's layer2-4, FPN
+    and RPN convs at 800 px), in fp32 only; their rounding error is larger (relative 1e-5 instead of 2e-6, see
     ``backbones.winograd``). ``winograd=False`` keeps oneDNN's direct convolution everywhere.
 
     ``dtype=torch.bfloat16`` (opt-in) computes in bf16 after folding in fp32, behind an fp32
