@@ -469,8 +469,8 @@ def optimize_for_inference(
     (``backbones.winograd.THRESHOLDS``, per image, so batching never changes an image's outputs:
     with AVX-512 and Numba from 48 channels on maps of 16+ 4x4 output tiles, under 128 channels only
     up to 64; a ResNet's layer2-3 at 224 px, Res2Net's splits in layer2-3, a detector's layer2-4, FPN
-    and RPN convs at 800 px), in fp32 only; their rounding error is larger (relative 1e-5 instead of 2e-6, see
-    ``backbones.winograd``). ``winograd=False`` keeps oneDNN's direct convolution everywhere.
+    and RPN convs at 800 px), in fp32 only; their rounding error is larger (relative 1e-5 instead of
+    2e-6, see ``backbones.winograd``). ``winograd=False`` keeps oneDNN's direct convolution everywhere.
 
     ``dtype=torch.bfloat16`` (opt-in) computes in bf16 after folding in fp32, behind an fp32
     interface: inputs are cast on the way in, outputs back to float32 (``backbones.low_precision``).

@@ -163,7 +163,7 @@ def test_pays_only_where_measured(monkeypatch: pytest.MonkeyPatch, capability: s
 
 
 @pytest.mark.parametrize("capability", ["AVX512", "AVX2"])
-def test_batch_size_plays_no_part(monkeypatch: pytest.MonkeyPatch, capability: str):
+def test_batch_size_plays_no_part(monkeypatch: pytest.MonkeyPatch, capability: str, calls):
     """Whether a layer takes Winograd depends on the image size, never on the batch: an image gets
     bit-identical outputs alone and in a batch (``tools/predict.py --batch-size`` relies on it)."""
     monkeypatch.setattr(winograd, "_cpu_capability", lambda: capability)
@@ -176,6 +176,8 @@ def test_batch_size_plays_no_part(monkeypatch: pytest.MonkeyPatch, capability: s
     with torch.no_grad():
         batched, alone = conv(x), conv(x[1:2].contiguous(memory_format=torch.channels_last))
     assert torch.equal(batched[1:2], alone)
+    if winograd.fused_transforms() is not None:  # both ran as Winograd convolutions (16 tiles, 64 channels)
+        assert calls == [(4, 64, 14, 14), (1, 64, 14, 14)]
 
 
 @pytest.mark.parametrize("capability", ["AVX512", "AVX2", "DEFAULT"])
